@@ -1,0 +1,337 @@
+"""The ``dicomsend`` command line: send, echo, receive and demo.
+
+Exit codes of ``send``:
+
+== =========================================================
+0  every file was stored (some may have had warning statuses)
+1  some files failed; the summary and the log say which
+2  invalid command line or option
+3  no association: the receiver could not be reached, or rejected it
+4  interrupted (Ctrl-C) before every file had an outcome
+== =========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from engine.errors import (
+    AssociationError,
+    AssociationRejectedError,
+    ConnectionFailedError,
+    DicomSendError,
+)
+from engine.events import Event
+from engine.options import (
+    DEFAULT_CALLED_AE_TITLE,
+    DEFAULT_CALLING_AE_TITLE,
+    DEFAULT_MAX_PDU_LENGTH,
+    Timeouts,
+    parse_address,
+    validate_ae_title,
+)
+from engine.result import SendResult
+from engine.scu import StoreScu
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_ASSOCIATION = 3
+EXIT_INTERRUPTED = 4
+
+
+def configure_logging(verbosity: int) -> None:
+    """Show warnings always, INFO with -v and DEBUG with -vv, on stderr."""
+    level = logging.WARNING
+    if verbosity == 1:
+        level = logging.INFO
+    elif verbosity >= 2:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    for name in ("engine", "transcode"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _usage_error(exc: Exception) -> click.UsageError:
+    return click.UsageError(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dicomsend")
+def main() -> None:
+    """Send DICOM files to a PACS, transcoding pixel data when needed."""
+
+
+# send
+
+
+@main.command()
+@click.argument("addr")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--calling-ae", default=DEFAULT_CALLING_AE_TITLE, show_default=True,
+              help="Our AE title.")
+@click.option("--called-ae", default=DEFAULT_CALLED_AE_TITLE, show_default=True,
+              help="The receiver's AE title.")
+@click.option("--max-pdu", default=DEFAULT_MAX_PDU_LENGTH, show_default=True,
+              type=int, help="Largest PDU we accept, in bytes (4096-131072).")
+@click.option("--transfer-syntax", "-t", default=None,
+              help="Send every file in this transfer syntax: a UID or a keyword "
+                   "such as ExplicitVRLittleEndian or JPEG2000Lossless. Default: "
+                   "each file's own.")
+@click.option("--concurrency", "-j", default=1, show_default=True, type=int,
+              help="Parallel associations, one sender process each.")
+@click.option("--transcode-workers", "-w", default=None, type=int,
+              help="Processes that re-encode pixel data. Default: CPU count.")
+@click.option("--allow-lossy", is_flag=True,
+              help="Permit a lossy --transfer-syntax such as JPEGBaseline.")
+@click.option("--verify", is_flag=True,
+              help="Decode each losslessly re-encoded file and compare its "
+                   "pixels before sending.")
+@click.option("--retries", default=2, show_default=True, type=int,
+              help="Times a file is sent again after the association broke.")
+@click.option("--timeout", "dimse_timeout", default=60.0, show_default=True,
+              type=float, help="Seconds to wait for each response.")
+@click.option("--connect-timeout", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for the connection and association.")
+@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+@click.option("--verbose", "-v", count=True,
+              help="Log the protocol conversation (-vv for every PDU).")
+def send(
+    addr: str,
+    paths: Sequence[str],
+    calling_ae: str,
+    called_ae: str,
+    max_pdu: int,
+    transfer_syntax: str | None,
+    concurrency: int,
+    transcode_workers: int | None,
+    allow_lossy: bool,
+    verify: bool,
+    retries: int,
+    dimse_timeout: float,
+    connect_timeout: float,
+    no_progress: bool,
+    verbose: int,
+) -> None:
+    """Send the DICOM files in PATHS (files or folders) to ADDR (host:port)."""
+    configure_logging(verbose)
+    try:
+        scu = StoreScu(
+            addr,
+            calling_ae_title=calling_ae,
+            called_ae_title=called_ae,
+            max_pdu_length=max_pdu,
+            verbose=verbose > 0,
+            transfer_syntax=transfer_syntax,
+            concurrency=concurrency,
+            transcode_workers=transcode_workers,
+            allow_lossy=allow_lossy,
+            verify=verify,
+            retries=retries,
+            dimse_timeout=dimse_timeout,
+            connect_timeout=connect_timeout,
+            acse_timeout=connect_timeout,
+        )
+    except ValueError as exc:
+        raise _usage_error(exc) from exc
+
+    for path in paths:
+        if os.path.isdir(path):
+            scu.add_directory(path)
+        else:
+            scu.add_file(path)
+
+    sys.exit(run_send(scu, show_progress=not no_progress and sys.stderr.isatty()))
+
+
+def run_send(scu: StoreScu, show_progress: bool) -> int:
+    """Send with a progress bar and a summary; return the exit code."""
+    progress = _Progress(scu.queued_files) if show_progress else None
+    try:
+        result = scu.send(
+            on_file_sent=progress.advance if progress else None,
+            on_file_error=_print_file_error(progress),
+        )
+    except (ConnectionFailedError, AssociationRejectedError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return EXIT_NO_ASSOCIATION
+    except AssociationError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return EXIT_NO_ASSOCIATION
+    except KeyboardInterrupt:
+        click.echo("Interrupted; files not yet sent were not sent", err=True)
+        return EXIT_INTERRUPTED
+    finally:
+        if progress:
+            progress.stop()
+
+    click.echo(summary_line(result))
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    return EXIT_OK if result.failed == 0 else EXIT_FILES_FAILED
+
+
+def summary_line(result: SendResult) -> str:
+    line = (f"Stored {result.successful} of {result.total_files} files, "
+            f"{result.failed} failed, {len(result.warnings)} with warnings")
+    if result.skipped:
+        line += f", {result.skipped} skipped (not DICOM or DICOMDIR)"
+    rate = result.total_files / result.duration_seconds if result.duration_seconds else 0
+    return f"{line} in {result.duration_seconds:.2f} s ({rate:.0f} files/s)"
+
+
+def _print_file_error(progress: _Progress | None) -> Any:
+    def on_file_error(err: Exception | None, event: Event) -> None:
+        if progress:
+            progress.advance(err, event)
+        # The engine logs each failure at ERROR; without -v nothing else
+        # prints it, so repeat it here on stderr.
+        if logging.getLogger("engine").getEffectiveLevel() > logging.ERROR:
+            click.echo(f"Error: {event.data['error']}", err=True)
+
+    return on_file_error
+
+
+class _Progress:
+    """A rich progress bar on stderr, advanced by the callbacks."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("Sending"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        )
+        self.task = self.progress.add_task("send", total=total)
+        self.progress.start()
+
+    def advance(self, err: Exception | None, event: Event) -> None:
+        self.progress.advance(self.task)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+# echo
+
+
+@main.command()
+@click.argument("addr")
+@click.option("--calling-ae", default=DEFAULT_CALLING_AE_TITLE, show_default=True)
+@click.option("--called-ae", default=DEFAULT_CALLED_AE_TITLE, show_default=True)
+@click.option("--timeout", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for the connection and each answer.")
+@click.option("--verbose", "-v", count=True)
+def echo(addr: str, calling_ae: str, called_ae: str, timeout: float,
+         verbose: int) -> None:
+    """Send a C-ECHO to ADDR to check the connection and AE titles."""
+    from engine.echo import echo as send_echo
+
+    configure_logging(verbose)
+    try:
+        address = parse_address(addr)
+        calling = validate_ae_title("calling_ae_title", calling_ae)
+        called = validate_ae_title("called_ae_title", called_ae)
+    except ValueError as exc:
+        raise _usage_error(exc) from exc
+
+    try:
+        result = send_echo(
+            address, calling_ae_title=calling, called_ae_title=called,
+            max_pdu_length=DEFAULT_MAX_PDU_LENGTH,
+            timeouts=Timeouts(connect=timeout, acse=timeout, dimse=timeout,
+                              network=timeout),
+        )
+    except AssociationError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_NO_ASSOCIATION)
+    except DicomSendError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_FILES_FAILED)
+
+    click.echo(f"C-ECHO to {address}: {result.meaning} (0x{result.status:04X}) in "
+               f"{result.round_trip_seconds * 1000:.1f} ms")
+    sys.exit(EXIT_OK if result.status == 0 else EXIT_FILES_FAILED)
+
+
+# receive
+
+
+@main.command()
+@click.option("--port", "-p", default=11112, show_default=True, type=int,
+              help="TCP port to listen on (0 picks a free one and prints it).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 or :: listens on every interface.")
+@click.option("--ae-title", default="DICOMSEND", show_default=True,
+              help="Our AE title.")
+@click.option("--out", "out_dir", required=True,
+              type=click.Path(file_okay=False, writable=True),
+              help="Folder to write received objects to (created if missing).")
+@click.option("--allow-calling-ae", multiple=True,
+              help="Accept only these calling AE titles (repeat the option).")
+@click.option("--require-called-ae", is_flag=True,
+              help="Reject associations whose called AE title is not --ae-title.")
+@click.option("--verbose", "-v", count=True)
+def receive(port: int, host: str, ae_title: str, out_dir: str,
+            allow_calling_ae: Sequence[str], require_called_ae: bool,
+            verbose: int) -> None:
+    """Run a storage SCP that writes every received object to --out."""
+    from engine.receiver import StorageReceiver
+
+    configure_logging(max(verbose, 1))
+    try:
+        validate_ae_title("ae_title", ae_title)
+        allowed = {validate_ae_title("allow_calling_ae", title)
+                   for title in allow_calling_ae} or None
+    except ValueError as exc:
+        raise _usage_error(exc) from exc
+
+    os.makedirs(out_dir, exist_ok=True)
+    receiver = StorageReceiver(
+        out_dir, host=host, port=port, ae_title=ae_title,
+        allowed_calling_ae_titles=allowed,
+        require_called_ae_title=require_called_ae,
+    )
+    receiver.start()
+    click.echo(f"Listening on {host}:{receiver.port} as {ae_title}, writing to "
+               f"{os.path.abspath(out_dir)}", err=True)
+    receiver.serve_forever()
+
+
+@main.command()
+@click.option("--transfer-syntax", "-t", default="JPEG2000Lossless",
+              show_default=True, help="Syntax to re-encode the samples into.")
+@click.option("--out", "out_dir", default=None,
+              help="Folder the demo receiver writes to. Default: a new temporary "
+                   "folder.")
+@click.option("--concurrency", "-j", default=2, show_default=True, type=int)
+@click.option("--transcode-workers", "-w", default=None, type=int)
+def demo(transfer_syntax: str, out_dir: str | None, concurrency: int,
+         transcode_workers: int | None) -> None:
+    """Send pydicom's sample files to a local receiver, re-encoded."""
+    from engine.demo import run_demo
+
+    configure_logging(0)
+    try:
+        code = run_demo(transfer_syntax, out_dir, concurrency, transcode_workers)
+    except ValueError as exc:
+        raise _usage_error(exc) from exc
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The summary that ``StoreScu.send`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FailedFile:
+    """A file that was not stored, with what went wrong and what to do."""
+
+    file: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What happened to every file of one ``send``.
+
+    ``successful + failed == total_files`` always holds. Files stored with a
+    warning status count as successful and add one line to ``warnings``.
+    ``skipped`` counts files found in directories that are not DICOM objects
+    to store (clutter, DICOMDIR); they are not part of ``total_files``.
+    """
+
+    successful: int
+    failed: int
+    warnings: tuple[str, ...]
+    total_files: int
+    skipped: int
+    duration_seconds: float
+    failures: tuple[FailedFile, ...]
+    skipped_files: tuple[str, ...]
+
+    @property
+    def all_stored(self) -> bool:
+        return self.failed == 0

@@ -1,0 +1,280 @@
+"""``StoreScu``: the public entry point for sending files to a receiver."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from engine.coordinator import Callback, Callbacks, Coordinator
+from engine.options import (
+    DEFAULT_CALLED_AE_TITLE,
+    DEFAULT_CALLING_AE_TITLE,
+    DEFAULT_MAX_PDU_LENGTH,
+    SendOptions,
+    Timeouts,
+    default_transcode_workers,
+    parse_address,
+    validate_ae_title,
+    validate_count,
+    validate_max_pdu_length,
+    validate_timeout,
+)
+from engine.result import SendResult
+from engine.sources import (
+    SkippedFile,
+    Source,
+    source_from_memory,
+    source_from_path,
+    sources_from_directory,
+)
+from transcode.syntaxes import resolve_transfer_syntax
+
+logger = logging.getLogger(__name__)
+
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+class StoreScu:
+    """Send DICOM files to a storage SCP over one or more associations.
+
+    Parameters
+    ----------
+    addr : str
+        The receiver: ``host:port``, ``host`` (port 104) or ``[ipv6]:port``.
+    calling_ae_title : str
+        Our AE title, 1 to 16 characters. Default ``STORE-SCU``.
+    called_ae_title : str
+        The receiver's AE title, 1 to 16 characters. Default ``ANY-SCP``.
+    max_pdu_length : int
+        The largest PDU we accept, 4096 to 131072 bytes. Default 16384.
+    verbose : bool
+        Log the protocol conversation at INFO: connections, accepted
+        presentation contexts, each file and each response.
+    transfer_syntax : str or None
+        Send every file in this transfer syntax (a UID, or a keyword such as
+        ``ExplicitVRLittleEndian`` or ``JPEG2000Lossless``). None sends each
+        file in its own syntax.
+    concurrency : int
+        Number of sender processes, each with one association. Default 1.
+    transcode_workers : int or None
+        Number of processes that re-encode pixel data. Default: the number
+        of CPUs. They are only started when a file needs re-encoding.
+    allow_lossy : bool
+        Permit a lossy ``transfer_syntax``; without it such a target fails
+        every file that would need it.
+    verify : bool
+        Decode each losslessly re-encoded file and compare its pixels with
+        the source before sending it.
+    retries : int
+        How many times a file is sent again after the association broke
+        (abort, timeout, reset). Default 2.
+    connect_timeout, acse_timeout, dimse_timeout, network_timeout : float or None
+        Timeouts in seconds; None waits forever.
+    start_method : str or None
+        The multiprocessing start method: ``fork``, ``spawn`` or
+        ``forkserver``. None uses the platform default.
+
+    Raises
+    ------
+    ValueError
+        If an option is invalid; the message names the option and the value.
+    """
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        calling_ae_title: str = DEFAULT_CALLING_AE_TITLE,
+        called_ae_title: str = DEFAULT_CALLED_AE_TITLE,
+        max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH,
+        verbose: bool = False,
+        transfer_syntax: str | None = None,
+        concurrency: int = 1,
+        transcode_workers: int | None = None,
+        allow_lossy: bool = False,
+        verify: bool = False,
+        retries: int = 2,
+        connect_timeout: float | None = 30.0,
+        acse_timeout: float | None = 30.0,
+        dimse_timeout: float | None = 60.0,
+        network_timeout: float | None = 60.0,
+        start_method: str | None = None,
+    ) -> None:
+        if transfer_syntax is not None:
+            transfer_syntax = str(resolve_transfer_syntax(transfer_syntax))
+        if transcode_workers is None:
+            transcode_workers = default_transcode_workers()
+        if start_method is not None and start_method not in START_METHODS:
+            raise ValueError(
+                f"Invalid start_method {start_method!r}: expected one of "
+                f"{', '.join(START_METHODS)} or None"
+            )
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(
+                f"Invalid retries {retries!r}: expected a whole number of 0 or more"
+            )
+
+        self.options = SendOptions(
+            address=parse_address(addr),
+            calling_ae_title=validate_ae_title("calling_ae_title", calling_ae_title),
+            called_ae_title=validate_ae_title("called_ae_title", called_ae_title),
+            max_pdu_length=validate_max_pdu_length(max_pdu_length),
+            transfer_syntax=transfer_syntax,
+            concurrency=validate_count("concurrency", concurrency),
+            transcode_workers=validate_count("transcode_workers", transcode_workers),
+            verbose=bool(verbose),
+            allow_lossy=bool(allow_lossy),
+            verify=bool(verify),
+            timeouts=Timeouts(
+                connect=validate_timeout("connect_timeout", connect_timeout),
+                acse=validate_timeout("acse_timeout", acse_timeout),
+                dimse=validate_timeout("dimse_timeout", dimse_timeout),
+                network=validate_timeout("network_timeout", network_timeout),
+            ),
+            start_method=start_method,
+        )
+        self.retries = retries
+        self._sources: list[Source] = []
+        self._skipped: list[SkippedFile] = []
+        self._seen_paths: set[str] = set()
+
+    # Adding files
+
+    def add_file(self, path: str | os.PathLike[str]) -> None:
+        """Queue one file. A file that is not DICOM fails when sent, with the reason.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        IsADirectoryError
+            If ``path`` is a directory.
+        """
+        if self._already_queued(path):
+            return
+        self._keep(source_from_path(path))
+
+    def add_directory(self, path: str | os.PathLike[str]) -> None:
+        """Queue every DICOM file below ``path``, recursively.
+
+        Files that are not DICOM and DICOMDIR files are skipped and counted
+        in ``SendResult.skipped``.
+
+        Raises
+        ------
+        FileNotFoundError, NotADirectoryError
+            If ``path`` does not exist or is not a directory.
+        """
+        for found in sources_from_directory(path):
+            if isinstance(found, Source) and self._already_queued(found.name):
+                continue
+            self._keep(found)
+
+    def add_file_from_memory(self, data: bytes, name: str) -> None:
+        """Queue a DICOM file held in memory; events report it as ``name``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"Invalid name {name!r}: expected a non-empty string")
+        self._keep(source_from_memory(data, name))
+
+    def clean(self) -> None:
+        """Empty the queue, so the object can be reused for another batch."""
+        self._sources.clear()
+        self._skipped.clear()
+        self._seen_paths.clear()
+
+    @property
+    def queued_files(self) -> int:
+        return len(self._sources)
+
+    @property
+    def skipped_files(self) -> list[SkippedFile]:
+        return list(self._skipped)
+
+    def _already_queued(self, path: str | os.PathLike[str]) -> bool:
+        key = os.path.realpath(os.fspath(path))
+        if key in self._seen_paths:
+            logger.info("'%s' is already queued; it is sent once", os.fspath(path))
+            return True
+        self._seen_paths.add(key)
+        return False
+
+    def _keep(self, found: Source | SkippedFile) -> None:
+        if isinstance(found, SkippedFile):
+            logger.info("Skipping '%s': %s", found.path, found.reason)
+            self._skipped.append(found)
+        else:
+            self._sources.append(found)
+
+    # Sending
+
+    def send(
+        self,
+        *,
+        on_transfer_started: Callback | None = None,
+        on_file_sending: Callback | None = None,
+        on_file_sent: Callback | None = None,
+        on_file_error: Callback | None = None,
+        on_transfer_completed: Callback | None = None,
+    ) -> SendResult:
+        """Send every queued file and return what happened to each.
+
+        Callbacks are called as ``callback(err, event)`` in this process, with
+        ``err`` None and ``event.message`` and ``event.data`` describing it.
+
+        Raises
+        ------
+        ConnectionFailedError
+            If no association could be opened (nothing listening, timeout).
+        AssociationRejectedError
+            If the receiver rejected every association; the message gives
+            its reason.
+        """
+        callbacks = Callbacks(
+            on_transfer_started=on_transfer_started,
+            on_file_sending=on_file_sending,
+            on_file_sent=on_file_sent,
+            on_file_error=on_file_error,
+            on_transfer_completed=on_transfer_completed,
+        )
+        with _verbose_output(self.options.verbose):
+            coordinator = Coordinator(
+                self.options,
+                self._sources,
+                [skipped.path for skipped in self._skipped],
+                callbacks,
+                retries=self.retries,
+            )
+            return coordinator.run()
+
+
+class _verbose_output:
+    """Show INFO records on stderr while sending, if nothing else shows them."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.handler: logging.Handler | None = None
+        self.previous_level = logging.NOTSET
+
+    def __enter__(self) -> None:
+        project = logging.getLogger("engine")
+        has_output = logging.getLogger().handlers or any(
+            not isinstance(handler, logging.NullHandler) for handler in project.handlers
+        )
+        if not self.verbose or has_output:
+            if self.verbose and project.getEffectiveLevel() > logging.INFO:
+                self.previous_level = project.level
+                project.setLevel(logging.INFO)
+            return
+        self.handler = logging.StreamHandler(sys.stderr)
+        self.handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        self.previous_level = project.level
+        project.addHandler(self.handler)
+        project.setLevel(logging.INFO)
+
+    def __exit__(self, *exc_info: object) -> None:
+        project = logging.getLogger("engine")
+        if self.handler is not None:
+            project.removeHandler(self.handler)
+        if self.previous_level != logging.NOTSET or self.handler is not None:
+            project.setLevel(self.previous_level)

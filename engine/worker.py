@@ -1,0 +1,146 @@
+"""Transcode worker processes: read a file, re-encode it, spool the result.
+
+A worker owns a file from the moment it takes the job until it has put the
+re-encoded data set in the spool folder and the ready queue, or reported
+why it could not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from engine.events import FileFailed, ProcessFinished
+from engine.jobs import ReadyFile, TranscodeJob
+from engine.logbridge import install_child_logging
+from transcode.errors import TranscodeError
+from transcode.transcoder import Transcoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    target_syntax: str
+    allow_lossy: bool
+    verify: bool
+    spool_dir: str
+    log_level: int
+
+
+def run_worker(
+    worker_id: int,
+    jobs_queue: Any,
+    ready_queue: Any,
+    events_queue: Any,
+    settings: WorkerSettings,
+) -> None:
+    """Process transcode jobs until the coordinator sends ``None``."""
+    install_child_logging(events_queue, settings.log_level)
+    transcoder = Transcoder(
+        settings.target_syntax, allow_lossy=settings.allow_lossy, verify=settings.verify
+    )
+
+    while True:
+        batch = jobs_queue.get()
+        if batch is None:
+            break
+        for job in batch:
+            outcome = transcode_job(job, transcoder, settings.spool_dir)
+            if isinstance(outcome, ReadyFile):
+                ready_queue.put([outcome])
+            else:
+                events_queue.put(outcome)
+
+    events_queue.put(ProcessFinished("worker", worker_id))
+
+
+def transcode_job(
+    job: TranscodeJob, transcoder: Transcoder, spool_dir: str
+) -> ReadyFile | FileFailed:
+    """Re-encode one file into the spool folder, or say why it failed."""
+    try:
+        dataset = pydicom.dcmread(job.path, force=True)
+        _fill_missing_transfer_syntax(dataset, job.file_transfer_syntax)
+        result = transcoder.transcode(dataset)
+        data = result.dataset_bytes()
+    except TranscodeError as exc:
+        return _failure(job, f"Unable to transcode '{job.name}': {exc}")
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
+            AttributeError, NotImplementedError, RuntimeError) as exc:
+        logger.debug("Transcoding '%s' failed", job.name, exc_info=True)
+        return _failure(
+            job,
+            f"Unable to transcode '{job.name}' to "
+            f"{pydicom.uid.UID(job.target_syntax).name}: the file could not be "
+            f"decoded ({type(exc).__name__}: {exc}); send it without "
+            "--transfer-syntax or repair the file",
+        )
+    except OSError as exc:
+        return _failure(
+            job, f"Unable to read '{job.name}': {exc.strerror or exc}"
+        )
+
+    spool_path = os.path.join(spool_dir, f"{job.job_id}.transcoded")
+    try:
+        with open(spool_path, "wb") as spool_file:
+            spool_file.write(data)
+    except OSError as exc:
+        _remove_quietly(spool_path)
+        return _failure(
+            job,
+            f"Unable to spool the transcoded '{job.name}' to '{spool_path}': "
+            f"{exc.strerror or exc}; free disk space in the temporary folder",
+        )
+
+    logger.debug(
+        "Transcoded '%s' from %s to %s (%d bytes)",
+        job.name,
+        pydicom.uid.UID(job.file_transfer_syntax).name,
+        pydicom.uid.UID(result.transfer_syntax).name,
+        len(data),
+    )
+    return ReadyFile(
+        job_id=job.job_id,
+        name=job.name,
+        path=spool_path,
+        offset=0,
+        length=len(data),
+        sop_class_uid=job.sop_class_uid,
+        sop_instance_uid=str(result.sop_instance_uid),
+        transfer_syntax=str(result.transfer_syntax),
+        file_transfer_syntax=job.file_transfer_syntax,
+        spooled=True,
+        source_path=job.path,
+        source_offset=0,
+        source_size=0,
+    )
+
+
+def _fill_missing_transfer_syntax(dataset: pydicom.Dataset, syntax: str) -> None:
+    """Give a file without file meta the syntax its header was read in."""
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        dataset.file_meta.TransferSyntaxUID = syntax
+
+
+def _failure(job: TranscodeJob, message: str) -> FileFailed:
+    logger.error("%s", message)
+    return FileFailed(
+        job.job_id,
+        message,
+        sop_instance_uid=job.sop_instance_uid,
+        sop_class_uid=job.sop_class_uid,
+        file_transfer_syntax=job.file_transfer_syntax,
+    )
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
