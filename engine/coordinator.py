@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
 from engine import errors
 from engine.association import ContextRequest
 from engine.events import (
@@ -43,7 +41,7 @@ from engine.options import SendOptions
 from engine.result import FailedFile, SendResult
 from engine.sender import MAX_CONTEXTS, SenderSettings, run_sender
 from engine.sources import Source
-from engine.worker import WorkerSettings, run_worker
+from engine.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +78,7 @@ def plan_contexts(
     requests = [ContextRequest(sop_class, (syntax,))
                 for (sop_class, syntax), _ in pairs.most_common()]
     for sop_class in dict.fromkeys(sop_class for sop_class, _ in pairs):
-        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        for syntax in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN):
             if (sop_class, syntax) not in pairs:
                 requests.append(ContextRequest(sop_class, (syntax,)))
     return tuple(requests[:MAX_CONTEXTS])
@@ -187,6 +185,10 @@ class Coordinator:
         ]
         workers = []
         if worker_count:
+            # Imported here because it loads pydicom and the codecs, which a
+            # batch without transcoding never needs.
+            from engine.worker import WorkerSettings, run_worker
+
             worker_settings = WorkerSettings(
                 target_syntax=str(options.transfer_syntax),
                 allow_lossy=options.allow_lossy,

@@ -13,15 +13,17 @@ import io
 import struct
 from dataclasses import dataclass
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import (
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from typing import TYPE_CHECKING
 
 from engine.errors import InvalidDicomFileError, NotDicomError
+from engine.uids import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
+
+if TYPE_CHECKING:
+    import pydicom
 
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
@@ -159,6 +161,9 @@ def _read_header_with_pydicom(
     fileobj: io.BufferedIOBase, name: str, has_magic: bool
 ) -> FileHeader:
     """Read a file that has no usable file meta: a raw data set, most often."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         dataset = pydicom.dcmread(
             fileobj,
@@ -210,14 +215,16 @@ def _read_header_with_pydicom(
 def _syntax_of(dataset: pydicom.Dataset) -> str:
     implicit, little_endian = dataset.original_encoding
     if implicit:
-        return ImplicitVRLittleEndian
+        return IMPLICIT_VR_LITTLE_ENDIAN
     if little_endian:
-        return ExplicitVRLittleEndian
-    return ExplicitVRBigEndian
+        return EXPLICIT_VR_LITTLE_ENDIAN
+    return EXPLICIT_VR_BIG_ENDIAN
 
 
 def _dataset_offset(fileobj: io.BufferedIOBase) -> int:
     """Find where the data set starts: after preamble and meta, if any."""
+    import pydicom
+
     fileobj.seek(0)
     preamble = pydicom.filereader.read_preamble(fileobj, force=True)
     if preamble is None:

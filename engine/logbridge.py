@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+import warnings
 from typing import Any
 
 from engine.events import LogMessage
@@ -45,15 +46,40 @@ def install_child_logging(queue: Any, level: int) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(EventQueueHandler(queue))
-    root.setLevel(logging.WARNING)
+    handler = EventQueueHandler(queue)
+    handler.addFilter(_ProjectRecordsFilter(level))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+    if level > logging.DEBUG:
+        warnings.simplefilter("ignore")
+
+    # Libraries such as pydicom attach their own stderr handlers; in a child
+    # every record must go through the queue instead.
+    for existing in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(existing, logging.Logger):
+            for handler in list(existing.handlers):
+                existing.removeHandler(handler)
+            existing.propagate = True
 
     for name in PROJECT_LOGGERS:
-        project_logger = logging.getLogger(name)
-        for handler in list(project_logger.handlers):
-            project_logger.removeHandler(handler)
-        project_logger.setLevel(level)
-        project_logger.propagate = True
+        logging.getLogger(name).setLevel(level)
+
+
+class _ProjectRecordsFilter(logging.Filter):
+    """Pass this project's records; pass a library's only when debugging.
+
+    Libraries such as pydicom and openjpeg log every codec failure with a
+    traceback; the engine reports the same failure once per file.
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.debugging = level <= logging.DEBUG
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.debugging:
+            return True
+        return record.name.split(".", 1)[0] in PROJECT_LOGGERS
 
 
 def replay_record(message: LogMessage) -> None:

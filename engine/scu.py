@@ -28,7 +28,6 @@ from engine.sources import (
     source_from_path,
     sources_from_directory,
 )
-from transcode.syntaxes import resolve_transfer_syntax
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +101,8 @@ class StoreScu:
         start_method: str | None = None,
     ) -> None:
         if transfer_syntax is not None:
+            from transcode.syntaxes import resolve_transfer_syntax
+
             transfer_syntax = str(resolve_transfer_syntax(transfer_syntax))
         if transcode_workers is None:
             transcode_workers = default_transcode_workers()

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
 from engine.association import Association, ContextRequest, FileSlice
 from engine.errors import (
     AssociationAbortedError,
@@ -39,11 +37,12 @@ from engine.jobs import ReadyFile
 from engine.logbridge import install_child_logging
 from engine.options import SendOptions
 from engine.statuses import StatusCategory, StoreStatus
+from engine.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, uid_name
 
 logger = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128
-UNCOMPRESSED_FALLBACKS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+UNCOMPRESSED_FALLBACKS = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 # Errors after which the file is worth sending again on a new association.
 TRANSIENT_ERRORS = (
     AssociationAbortedError,
@@ -201,8 +200,8 @@ class Sender:
         self.proposed = proposed[-MAX_CONTEXTS:]
         logger.info(
             "Opening a new association to propose %s with %s",
-            UID(request.abstract_syntax).name,
-            ", ".join(UID(ts).name for ts in request.transfer_syntaxes),
+            uid_name(request.abstract_syntax),
+            ", ".join(uid_name(ts) for ts in request.transfer_syntaxes),
         )
         self.close()
         self.open_association()
@@ -228,6 +227,10 @@ class Sender:
             except TRANSIENT_ERRORS as exc:
                 self._drop_association()
                 if attempt + 1 == attempts:
+                    if isinstance(exc, ConnectionFailedError):
+                        # The receiver is gone: stop taking files rather than
+                        # wait for the connect timeout once per file.
+                        self.gave_up = exc
                     return self._failed(
                         item,
                         f"Unable to send '{item.name}' after {attempts} attempts: "
@@ -318,7 +321,7 @@ class Sender:
         if sop_class in self.refused_classes:
             raise _FileProblem(
                 f"Unable to send '{item.name}' as the receiver refused "
-                f"{UID(sop_class).name} ({self.refused_classes[sop_class]}); "
+                f"{uid_name(sop_class)} ({self.refused_classes[sop_class]}); "
                 "ask the receiver's administrator to accept this SOP class"
             )
 
@@ -328,8 +331,8 @@ class Sender:
                 if syntax != item.transfer_syntax:
                     logger.warning(
                         "Sending '%s' as %s because the receiver refused %s for %s",
-                        item.name, UID(syntax).name, UID(item.transfer_syntax).name,
-                        UID(sop_class).name,
+                        item.name, uid_name(syntax), uid_name(item.transfer_syntax),
+                        uid_name(sop_class),
                     )
                 return context_id, syntax
             if sop_class in self.refused_classes:
@@ -338,7 +341,7 @@ class Sender:
         reason = self.refused_classes.get(sop_class, "transfer syntaxes not supported")
         raise _FileProblem(
             f"Unable to send '{item.name}' as the receiver accepted no presentation "
-            f"context for {UID(sop_class).name} in {UID(item.transfer_syntax).name}, "
+            f"context for {uid_name(sop_class)} in {uid_name(item.transfer_syntax)}, "
             f"Explicit VR Little Endian or Implicit VR Little Endian ({reason}); "
             "check which transfer syntaxes the receiver accepts"
         )
@@ -407,7 +410,7 @@ class Sender:
         except Exception as exc:  # noqa: BLE001 - any codec failure fails the file
             raise _FileProblem(
                 f"Unable to send '{item.name}' as re-encoding it in "
-                f"{UID(syntax).name} failed ({exc})"
+                f"{uid_name(syntax)} failed ({exc})"
             ) from exc
 
 

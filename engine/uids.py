@@ -1,0 +1,23 @@
+"""UIDs the send path needs, and their names for log lines and messages.
+
+pydicom takes about 0.2 s to import, which is most of a small batch's run
+time, so the pass-through path uses the strings below and imports pydicom's
+UID dictionary only when a name is actually wanted.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+
+
+@lru_cache(maxsize=512)
+def uid_name(uid: str) -> str:
+    """Return the registered name of ``uid``, or the UID itself if unknown."""
+    from pydicom.uid import UID
+
+    return UID(uid).name
