@@ -180,6 +180,8 @@ def run_send(scu: StoreScu, show_progress: bool) -> int:
     click.echo(summary_line(result))
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if result.failed == 0 else EXIT_FILES_FAILED
 
 

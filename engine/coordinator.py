@@ -122,6 +122,7 @@ class Coordinator:
         self.finished: Counter[str] = Counter()
         self.stop_feeding = threading.Event()
         self.feeding_completed = False
+        self.interrupted = False
         # Failures found on the feeder thread, recorded on the caller's thread.
         self._late_lock = threading.Lock()
         self._late_events: list[FileFailed] = []
@@ -216,6 +217,13 @@ class Coordinator:
 
         try:
             self._collect_events(events_queue, senders, len(self.sources))
+        except KeyboardInterrupt:
+            self.interrupted = True
+            logger.warning("Interrupted: finishing the files in flight, then "
+                           "releasing the associations")
+            self.stop_feeding.set()
+            _discard_queued(ready_queue)
+            _discard_queued(jobs_queue)
         finally:
             self._shut_down(feeder, senders, workers, jobs_queue, ready_queue,
                             events_queue)
@@ -427,7 +435,9 @@ class Coordinator:
         if not missing:
             return
 
-        if self.sender_failures:
+        if self.interrupted:
+            reason = "the transfer was interrupted before it was sent"
+        elif self.sender_failures:
             reason = (f"the association with {self.options.address} was lost and "
                       f"could not be re-established ({self.sender_failures[-1].message})")
         else:
@@ -468,6 +478,7 @@ class Coordinator:
             duration_seconds=duration,
             failures=tuple(self.failures),
             skipped_files=tuple(self.skipped),
+            interrupted=self.interrupted,
         )
 
     def _call(
@@ -525,6 +536,15 @@ class Coordinator:
         for managed_queue in (jobs_queue, ready_queue, events_queue):
             managed_queue.close()
             managed_queue.cancel_join_thread()
+
+
+def _discard_queued(target_queue: Any) -> None:
+    """Take back what no process has started on; those files are not sent."""
+    while True:
+        try:
+            target_queue.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            return
 
 
 def _put_nowait(target_queue: Any, item: Any) -> None:

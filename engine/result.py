@@ -21,6 +21,8 @@ class SendResult:
     warning status count as successful and add one line to ``warnings``.
     ``skipped`` counts files found in directories that are not DICOM objects
     to store (clutter, DICOMDIR); they are not part of ``total_files``.
+    ``interrupted`` is True when Ctrl-C stopped the transfer; the files it
+    left unsent count as failed.
     """
 
     successful: int
@@ -31,6 +33,7 @@ class SendResult:
     duration_seconds: float
     failures: tuple[FailedFile, ...]
     skipped_files: tuple[str, ...]
+    interrupted: bool = False
 
     @property
     def all_stored(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import queue
 import time
 from collections.abc import Callable
@@ -68,6 +69,9 @@ def run_sender(
 ) -> None:
     """Send files from ``ready_queue`` until the coordinator sends ``None``."""
     install_child_logging(events_queue, settings.log_level)
+    # Ctrl-C reaches every process of the terminal; the coordinator decides
+    # what stops, and this process finishes its file first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     outbox = EventOutbox(events_queue)
     sender = Sender(settings, outbox.add)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,9 @@ def run_worker(
 ) -> None:
     """Process transcode jobs until the coordinator sends ``None``."""
     install_child_logging(events_queue, settings.log_level)
+    # Ctrl-C reaches every process of the terminal; the coordinator decides
+    # what stops, and this process finishes its file first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     transcoder = Transcoder(
         settings.target_syntax, allow_lossy=settings.allow_lossy, verify=settings.verify
     )
@@ -112,7 +116,8 @@ def transcode_job(
         offset=0,
         length=len(data),
         sop_class_uid=job.sop_class_uid,
-        sop_instance_uid=str(result.sop_instance_uid),
+        # A data set without (0008,0018) keeps the UID its file meta gave.
+        sop_instance_uid=str(result.sop_instance_uid or job.sop_instance_uid),
         transfer_syntax=str(result.transfer_syntax),
         file_transfer_syntax=job.file_transfer_syntax,
         spooled=True,
