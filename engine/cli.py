@@ -105,6 +105,9 @@ def main() -> None:
               type=float, help="Seconds to wait for each response.")
 @click.option("--connect-timeout", default=30.0, show_default=True, type=float,
               help="Seconds to wait for the connection and association.")
+@click.option("--journal", default=None, type=click.Path(dir_okay=False),
+              help="SQLite file recording each file's outcome; run the same "
+                   "command again with it to send only what is not yet stored.")
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @click.option("--verbose", "-v", count=True,
               help="Log the protocol conversation (-vv for every PDU).")
@@ -122,6 +125,7 @@ def send(
     retries: int,
     dimse_timeout: float,
     connect_timeout: float,
+    journal: str | None,
     no_progress: bool,
     verbose: int,
 ) -> None:
@@ -143,6 +147,7 @@ def send(
             dimse_timeout=dimse_timeout,
             connect_timeout=connect_timeout,
             acse_timeout=connect_timeout,
+            journal=journal,
         )
     except ValueError as exc:
         raise _usage_error(exc) from exc
@@ -190,6 +195,8 @@ def summary_line(result: SendResult) -> str:
             f"{result.failed} failed, {len(result.warnings)} with warnings")
     if result.skipped:
         line += f", {result.skipped} skipped (not DICOM or DICOMDIR)"
+    if result.already_stored:
+        line += f", {result.already_stored} already stored (journal)"
     rate = result.total_files / result.duration_seconds if result.duration_seconds else 0
     return f"{line} in {result.duration_seconds:.2f} s ({rate:.0f} files/s)"
 

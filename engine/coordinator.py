@@ -36,6 +36,7 @@ from engine.events import (
     ProcessFinished,
 )
 from engine.jobs import ReadyFile, TranscodeJob
+from engine.journal import Journal
 from engine.logbridge import child_log_level, replay_record
 from engine.options import SendOptions
 from engine.result import FailedFile, SendResult
@@ -105,6 +106,8 @@ class Coordinator:
         callbacks: Callbacks,
         retries: int = 2,
         retry_delay: float = 0.5,
+        journal: Journal | None = None,
+        already_stored: int = 0,
     ) -> None:
         self.options = options
         self.sources = list(sources)
@@ -112,6 +115,8 @@ class Coordinator:
         self.callbacks = callbacks
         self.retries = retries
         self.retry_delay = retry_delay
+        self.journal = journal
+        self.already_stored = already_stored
 
         self.sending_reported: set[int] = set()
         self.outcomes: dict[int, FileStored | FileFailed] = {}
@@ -404,7 +409,12 @@ class Coordinator:
         self._report_sending(outcome.job_id, outcome.sop_instance_uid,
                              outcome.sop_class_uid)
         self.outcomes[outcome.job_id] = outcome
-        name = self.sources[outcome.job_id].name
+        source = self.sources[outcome.job_id]
+        name = source.name
+        if self.journal is not None and source.path is not None:
+            self.journal.record(source.path, outcome.sop_instance_uid,
+                                isinstance(outcome, FileStored),
+                                getattr(outcome, "error", None))
 
         if isinstance(outcome, FileStored):
             if outcome.warning:
@@ -479,6 +489,7 @@ class Coordinator:
             failures=tuple(self.failures),
             skipped_files=tuple(self.skipped),
             interrupted=self.interrupted,
+            already_stored=self.already_stored,
         )
 
     def _call(

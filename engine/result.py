@@ -22,7 +22,9 @@ class SendResult:
     ``skipped`` counts files found in directories that are not DICOM objects
     to store (clutter, DICOMDIR); they are not part of ``total_files``.
     ``interrupted`` is True when Ctrl-C stopped the transfer; the files it
-    left unsent count as failed.
+    left unsent count as failed. ``already_stored`` counts files a resume
+    journal showed as stored by an earlier run; they were not sent again
+    and are not part of ``total_files``.
     """
 
     successful: int
@@ -34,6 +36,7 @@ class SendResult:
     failures: tuple[FailedFile, ...]
     skipped_files: tuple[str, ...]
     interrupted: bool = False
+    already_stored: int = 0
 
     @property
     def all_stored(self) -> bool:

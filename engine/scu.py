@@ -20,6 +20,7 @@ from engine.options import (
     validate_max_pdu_length,
     validate_timeout,
 )
+from engine.journal import Journal
 from engine.result import SendResult
 from engine.sources import (
     SkippedFile,
@@ -73,6 +74,10 @@ class StoreScu:
     start_method : str or None
         The multiprocessing start method: ``fork``, ``spawn`` or
         ``forkserver``. None uses the platform default.
+    journal : str or path-like or None
+        An SQLite file recording each file's outcome. A later ``send`` with
+        the same journal leaves out the files it shows as stored, so a batch
+        stopped by a crash or Ctrl-C resumes where it was.
 
     Raises
     ------
@@ -99,6 +104,7 @@ class StoreScu:
         dimse_timeout: float | None = 60.0,
         network_timeout: float | None = 60.0,
         start_method: str | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> None:
         if transfer_syntax is not None:
             from transcode.syntaxes import resolve_transfer_syntax
@@ -136,6 +142,7 @@ class StoreScu:
             start_method=start_method,
         )
         self.retries = retries
+        self.journal_path = os.fspath(journal) if journal is not None else None
         self._sources: list[Source] = []
         self._skipped: list[SkippedFile] = []
         self._seen_paths: set[str] = set()
@@ -238,15 +245,31 @@ class StoreScu:
             on_file_error=on_file_error,
             on_transfer_completed=on_transfer_completed,
         )
-        with _verbose_output(self.options.verbose):
-            coordinator = Coordinator(
-                self.options,
-                self._sources,
-                [skipped.path for skipped in self._skipped],
-                callbacks,
-                retries=self.retries,
-            )
-            return coordinator.run()
+        journal = Journal(self.journal_path) if self.journal_path else None
+        try:
+            sources = self._sources
+            already_stored = 0
+            if journal is not None:
+                sources = [source for source in self._sources
+                           if source.path is None or not journal.was_stored(source.path)]
+                already_stored = len(self._sources) - len(sources)
+                if already_stored:
+                    logger.info("Leaving out %d files the journal '%s' shows as "
+                                "stored", already_stored, self.journal_path)
+            with _verbose_output(self.options.verbose):
+                coordinator = Coordinator(
+                    self.options,
+                    sources,
+                    [skipped.path for skipped in self._skipped],
+                    callbacks,
+                    retries=self.retries,
+                    journal=journal,
+                    already_stored=already_stored,
+                )
+                return coordinator.run()
+        finally:
+            if journal is not None:
+                journal.close()
 
 
 class _verbose_output:
