@@ -182,6 +182,7 @@ class Coordinator:
             retries=self.retries,
             retry_delay=self.retry_delay,
             log_level=log_level,
+            report_sending=self.callbacks.on_file_sending is not None,
         )
         senders = [
             context.Process(target=run_sender, name=f"dicomsend-sender-{index}",

@@ -62,6 +62,9 @@ class SenderSettings:
     retries: int
     retry_delay: float
     log_level: int
+    # Without an on_file_sending callback the coordinator reports "sending"
+    # just before the outcome, which saves a message per file.
+    report_sending: bool = True
 
 
 def run_sender(
@@ -215,7 +218,9 @@ class Sender:
     def send_file(self, item: ReadyFile) -> None:
         """Send one file and emit exactly one outcome for it."""
         started = time.perf_counter()
-        self.emit(FileSending(item.job_id, item.sop_instance_uid, item.sop_class_uid))
+        if self.settings.report_sending:
+            self.emit(FileSending(item.job_id, item.sop_instance_uid,
+                                  item.sop_class_uid))
         try:
             outcome = self._send_with_retries(item, started)
         finally:
