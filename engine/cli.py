@@ -322,6 +322,45 @@ def receive(port: int, host: str, ae_title: str, out_dir: str,
 
 
 @main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_dir", required=True,
+              type=click.Path(file_okay=False),
+              help="Folder for the re-encoded files; the input tree is mirrored "
+                   "below it and nothing is overwritten.")
+@click.option("--transfer-syntax", "-t", required=True,
+              help="Target transfer syntax: a UID or a keyword.")
+@click.option("--transcode-workers", "-w", default=None, type=int,
+              help="Processes that re-encode pixel data. Default: CPU count.")
+@click.option("--allow-lossy", is_flag=True, help="Permit a lossy target.")
+@click.option("--verify", is_flag=True,
+              help="Decode each lossless result and compare its pixels.")
+@click.option("--verbose", "-v", count=True)
+def convert(paths: Sequence[str], out_dir: str, transfer_syntax: str,
+            transcode_workers: int | None, allow_lossy: bool, verify: bool,
+            verbose: int) -> None:
+    """Re-encode the DICOM files in PATHS into --out, without sending them."""
+    from engine.convert import convert_files
+    from engine.options import default_transcode_workers, validate_count
+
+    configure_logging(verbose)
+    try:
+        workers = validate_count("transcode_workers",
+                                 transcode_workers or default_transcode_workers())
+        result = convert_files(list(paths), out_dir, transfer_syntax,
+                               workers=workers, allow_lossy=allow_lossy,
+                               verify=verify)
+    except ValueError as exc:
+        raise _usage_error(exc) from exc
+
+    for failure in result.failures:
+        if logging.getLogger("engine").getEffectiveLevel() > logging.ERROR:
+            click.echo(f"Error: {failure.error}", err=True)
+    click.echo(f"Converted {result.converted} files, {result.failed} failed, "
+               f"{result.skipped} skipped (not DICOM or DICOMDIR) into {out_dir}")
+    sys.exit(EXIT_OK if result.failed == 0 else EXIT_FILES_FAILED)
+
+
+@main.command()
 @click.option("--transfer-syntax", "-t", default="JPEG2000Lossless",
               show_default=True, help="Syntax to re-encode the samples into.")
 @click.option("--out", "out_dir", default=None,
