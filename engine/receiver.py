@@ -14,9 +14,9 @@ Safety rules for the files:
   ``0xC000`` and nothing is written.
 - An existing file is never overwritten: the second copy of an instance is
   ``<uid>.1.dcm``, the third ``<uid>.2.dcm``, and so on.
-- Each object is written to a temporary file in the output directory and
-  then linked under its final name, so a crash leaves no partial file
-  under a final name.
+- Each object is written to a temporary file in the output directory,
+  flushed to disk with fsync and then linked under its final name, so a
+  crash leaves no partial file under a final name.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
+# The sender and the receiver identify themselves with the same UID.
+from engine.association import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.options import (
     DEFAULT_MAX_PDU_LENGTH,
     validate_ae_title,
@@ -54,12 +56,6 @@ from engine.options import (
 )
 
 logger = logging.getLogger(__name__)
-
-# The Implementation Class UID and Version Name that dicomsend puts in the
-# A-ASSOCIATE-AC and in the file meta of every file it writes. The UID is a
-# UUID-derived UID under the 2.25 root (PS3.5 section B.2).
-IMPLEMENTATION_CLASS_UID = "2.25.130198974989186069601809602081986262281"
-IMPLEMENTATION_VERSION_NAME = "DICOMSEND_010"
 
 # C-STORE response statuses (PS3.4 section B.2.3).
 STATUS_SUCCESS = 0x0000

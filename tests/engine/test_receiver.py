@@ -1,10 +1,10 @@
 """Tests of engine.receiver.StorageReceiver against real senders on loopback.
 
-Two senders are used: pynetdicom's AE, which with
-``_config.STORE_SEND_CHUNKED_DATASET`` sends a file's data set bytes without
-decoding them, so the stored file must match the source byte for byte; and
-DCMTK's storescu, which re-encodes what it sends, so the stored file must
-match the source element by element and pixel by pixel.
+Two senders are used. pynetdicom's AE, with
+``_config.STORE_SEND_CHUNKED_DATASET``, sends a file's data set bytes without
+decoding them, so the stored file must match the source byte for byte.
+DCMTK's storescu re-encodes what it sends, so the stored file must match the
+source element by element and pixel by pixel.
 """
 
 from __future__ import annotations
@@ -315,7 +315,8 @@ def test_invalid_instance_uid_rejected(
     """A SOP Instance UID that is not a DICOM UID gets 0xC000 and no file.
 
     A UID over 64 characters cannot be tested here because pynetdicom
-    refuses to encode it; test_is_valid_uid covers the length limit.
+    raises ValueError when it encodes one. test_is_valid_uid covers the
+    length limit.
     """
     caplog.set_level(logging.ERROR, logger="engine.receiver")
     before = sorted(tmp_path.rglob("*"))
@@ -410,7 +411,7 @@ def test_write_failure_returns_a700(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A failed disk write answers 0xA700 and leaves no file behind."""
+    """A failed disk write returns status 0xA700 and leaves no file behind."""
 
     def disk_full(dataset: object, stream: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -476,7 +477,8 @@ def test_context_negotiation(receiver: StorageReceiver) -> None:
         (SecondaryCaptureImageStorage, DeflatedExplicitVRLittleEndian),
         (Verification, ExplicitVRLittleEndian),
     }
-    # 0x04: transfer syntaxes not supported; 0x03: abstract syntax not supported.
+    # Result 0x04 is transfer syntaxes not supported, 0x03 abstract syntax not
+    # supported.
     assert rejected == {
         (SecondaryCaptureImageStorage, 0x04),
         (PatientRootQueryRetrieveInformationModelFind, 0x03),
