@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -64,8 +65,32 @@ def configure_logging(verbosity: int) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+# API option names as the command line spells them, for error messages.
+CLI_OPTION_NAMES = {
+    "calling_ae_title": "--calling-ae",
+    "called_ae_title": "--called-ae",
+    "max_pdu_length": "--max-pdu",
+    "transfer_syntax": "--transfer-syntax",
+    "transcode_workers": "--transcode-workers",
+    "concurrency": "--concurrency",
+    "dimse_timeout": "--timeout",
+    "connect_timeout": "--connect-timeout",
+    "acse_timeout": "--connect-timeout",
+    "network_timeout": "--timeout",
+    "retries": "--retries",
+    "allow_lossy=True (--allow-lossy on the command line)": "--allow-lossy",
+    "ae_title": "--ae-title",
+    "allow_calling_ae": "--allow-calling-ae",
+}
+
+
 def _usage_error(exc: Exception) -> click.UsageError:
-    return click.UsageError(str(exc))
+    """Turn an API ValueError into a usage error that names CLI options."""
+    message = str(exc).replace(", or None to wait forever", "")
+    for api_name, cli_name in CLI_OPTION_NAMES.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(api_name)}(?![\w-])", cli_name,
+                         message)
+    return click.UsageError(message)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,11 +177,16 @@ def send(
     except ValueError as exc:
         raise _usage_error(exc) from exc
 
-    for path in paths:
-        if os.path.isdir(path):
-            scu.add_directory(path)
-        else:
-            scu.add_file(path)
+    try:
+        for path in paths:
+            if os.path.isdir(path):
+                scu.add_directory(path)
+            else:
+                scu.add_file(path)
+    except KeyboardInterrupt:
+        click.echo("Interrupted while reading the input files; nothing was sent",
+                   err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
     sys.exit(run_send(scu, show_progress=not no_progress and sys.stderr.isatty()))
 
@@ -205,10 +235,6 @@ def _print_file_error(progress: _Progress | None) -> Any:
     def on_file_error(err: Exception | None, event: Event) -> None:
         if progress:
             progress.advance(err, event)
-        # The engine logs each failure at ERROR; without -v nothing else
-        # prints it, so repeat it here on stderr.
-        if logging.getLogger("engine").getEffectiveLevel() > logging.ERROR:
-            click.echo(f"Error: {event.data['error']}", err=True)
 
     return on_file_error
 

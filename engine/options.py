@@ -7,6 +7,7 @@ allowed, so a bad option fails when the object is built, not mid-batch.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -85,16 +86,18 @@ def parse_address(addr: object) -> Address:
                 f"Invalid addr {addr!r}: expected ':port' after the closing bracket"
             )
         port_text = rest[1:] if rest else ""
+        port_given = bool(rest)
     elif text.count(":") > 1:
         # A bare IPv6 address such as ::1 has no room for a port.
         _check_ipv6(addr, text)
-        host, port_text = text, ""
+        host, port_text, port_given = text, "", False
     else:
-        host, _, port_text = text.partition(":")
+        host, separator, port_text = text.partition(":")
         if not host:
             raise ValueError(f"Invalid addr {addr!r}: the host is missing")
+        port_given = bool(separator)
 
-    port = _parse_port(addr, port_text, ":" in text.rsplit("]", 1)[-1])
+    port = _parse_port(addr, port_text, port_given)
     return Address(host, port)
 
 
@@ -175,10 +178,11 @@ def validate_count(option: str, value: object, maximum: int = 256) -> int:
 def validate_timeout(option: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
         raise ValueError(
-            f"Invalid {option} {value!r}: expected a number of seconds above 0, "
-            "or None to wait forever"
+            f"Invalid {option} {value!r}: expected a finite number of seconds "
+            "above 0, or None to wait forever"
         )
     return float(value)
 

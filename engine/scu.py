@@ -33,6 +33,20 @@ from engine.sources import (
 logger = logging.getLogger(__name__)
 
 START_METHODS = ("fork", "spawn", "forkserver")
+MAX_RETRIES = 100
+
+
+def _reject_lossy_target(transfer_syntax: str) -> None:
+    """Raise ValueError for a lossy target when lossy output was not allowed."""
+    from transcode.syntaxes import get_syntax_info
+
+    info = get_syntax_info(transfer_syntax)
+    if info.lossy:
+        raise ValueError(
+            f"Invalid transfer_syntax {info.keyword}: it is lossy, so it needs "
+            "allow_lossy=True (--allow-lossy on the command line); choose a "
+            "lossless syntax such as JPEG2000Lossless otherwise"
+        )
 
 
 class StoreScu:
@@ -117,10 +131,17 @@ class StoreScu:
                 f"Invalid start_method {start_method!r}: expected one of "
                 f"{', '.join(START_METHODS)} or None"
             )
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        if (isinstance(retries, bool) or not isinstance(retries, int)
+                or not 0 <= retries <= MAX_RETRIES):
             raise ValueError(
-                f"Invalid retries {retries!r}: expected a whole number of 0 or more"
+                f"Invalid retries {retries!r}: expected a whole number from 0 to "
+                f"{MAX_RETRIES}"
             )
+        if transfer_syntax is not None and not allow_lossy:
+            _reject_lossy_target(transfer_syntax)
+        if journal is not None:
+            # Open it once now, so a bad path fails here and not mid-send.
+            Journal(journal).close()
 
         self.options = SendOptions(
             address=parse_address(addr),

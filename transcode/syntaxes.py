@@ -182,9 +182,11 @@ def resolve_transfer_syntax(name_or_uid: str) -> UID:
         uid = by_lower.get(text.lower())
 
     if uid is None:
+        targets = [name for name, value in TRANSFER_SYNTAX_NAMES.items()
+                   if SYNTAXES[value].target]
         raise ValueError(
             f"Unknown transfer syntax '{text}'; use a UID or one of: "
-            + ", ".join(TRANSFER_SYNTAX_NAMES)
+            + ", ".join(targets)
         )
 
     info = SYNTAXES[uid]
