@@ -3,14 +3,23 @@
 The loop is synchronous: take a file, make sure an accepted presentation
 context fits it, send it, read the status, report. A dead association is
 never reused: the sender opens a new one and retries the file.
+
+Transient failures are retried with exponential backoff: the association
+aborted, closed or timed out, the connection failed, a rejected-transient
+A-ASSOCIATE-RJ, and a 0xA7xx "out of resources" status. Anything else (a
+protocol error, a permanent rejection, a failure status) is final for the
+file. A sender that cannot open an association hands the files it holds
+back to the ready queue and stops, so the other senders carry on with
+fewer parallel associations.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import queue
+import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +32,7 @@ from engine.errors import (
     AssociationRejectedError,
     AssociationTimeoutError,
     ConnectionFailedError,
+    FileError,
     ProtocolError,
 )
 from engine.events import (
@@ -37,22 +47,50 @@ from engine.header import read_header
 from engine.jobs import ReadyFile
 from engine.logbridge import install_child_logging
 from engine.options import SendOptions
-from engine.statuses import StatusCategory, StoreStatus
-from engine.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, uid_name
+from engine.statuses import StatusCategory, StoreStatus, is_transient_status
+from engine.uids import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    uid_name,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128
 UNCOMPRESSED_FALLBACKS = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
-# Errors after which the file is worth sending again on a new association.
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+# Syntaxes whose pixel data is not compressed: a file in one of them that the
+# receiver refuses goes straight to Explicit or Implicit VR Little Endian.
+NATIVE_SYNTAXES = frozenset({
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+})
+# Lossless compressed syntaxes that the transcode package encodes, in the
+# order a refused compressed file tries them: JPEG-LS Lossless, JPEG 2000
+# Lossless, RLE Lossless, JPEG Lossless SV1, JPEG Lossless.
+LOSSLESS_FALLBACKS = (
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.57",
+)
+# Association errors after which the file is worth sending again on a new
+# association. A ProtocolError is not among them: a receiver that sends a
+# malformed response to a file would most likely do it again.
 TRANSIENT_ERRORS = (
     AssociationAbortedError,
     AssociationTimeoutError,
-    ProtocolError,
     ConnectionFailedError,
 )
 EVENT_FLUSH_COUNT = 64
 EVENT_FLUSH_SECONDS = 0.2
+# How long a sender that gives up waits for room in the ready queue to hand
+# its files back before it fails them itself.
+HAND_BACK_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +108,12 @@ class SenderSettings:
 def run_sender(
     sender_id: int, ready_queue: Any, events_queue: Any, settings: SenderSettings
 ) -> None:
-    """Send files from ``ready_queue`` until the coordinator sends ``None``."""
+    """Send files from ``ready_queue`` until the coordinator sends ``None``.
+
+    A sender that cannot open an association, or loses it and cannot open a
+    new one, reports ``AssociationFailed``, hands the files it still holds
+    back to ``ready_queue`` for the other senders, and stops.
+    """
     install_child_logging(events_queue, settings.log_level)
     # Ctrl-C reaches every process of the terminal; the coordinator decides
     # what stops, and this process finishes its file first.
@@ -79,7 +122,7 @@ def run_sender(
     sender = Sender(settings, outbox.add)
 
     try:
-        sender.open_association()
+        sender.open_first_association()
     except AssociationError as exc:
         events_queue.put(_association_failed(sender_id, exc))
         events_queue.put(ProcessFinished("sender", sender_id))
@@ -91,16 +134,40 @@ def run_sender(
             batch = _next_batch(ready_queue, outbox)
             if batch is None:
                 break
-            for item in batch:
-                sender.send_file(item)
+            unsent: list[ReadyFile] = []
+            for index, item in enumerate(batch):
+                if not sender.send_file(item):
+                    unsent = batch[index:]
+                    break
             if sender.gave_up is not None:
                 outbox.flush()
                 events_queue.put(_association_failed(sender_id, sender.gave_up))
+                _hand_back(ready_queue, unsent, sender)
                 break
     finally:
         outbox.flush()
         sender.close()
         events_queue.put(ProcessFinished("sender", sender_id))
+
+
+def _hand_back(ready_queue: Any, items: list[ReadyFile], sender: Sender) -> None:
+    """Return files to the ready queue, or fail them if it stays full."""
+    if not items:
+        return
+    logger.warning(
+        "Handing %d file(s) back to the other associations: %s",
+        len(items), sender.gave_up,
+    )
+    try:
+        ready_queue.put(items, timeout=HAND_BACK_SECONDS)
+    except queue.Full:
+        for item in items:
+            sender.emit(sender.failed(
+                item, f"Unable to send '{item.name}': {sender.gave_up}"
+            ))
+            if item.spooled:
+                _remove_quietly(item.path)
+        return
 
 
 def _next_batch(ready_queue: Any, outbox: EventOutbox) -> list[ReadyFile] | None:
@@ -153,6 +220,8 @@ class Sender:
         self.proposed: list[ContextRequest] = list(settings.contexts)
         self.refused_pairs: set[tuple[str, str]] = set()
         self.refused_classes: dict[str, str] = {}
+        # SOP classes for which a context of LOSSLESS_FALLBACKS was proposed.
+        self.lossless_proposed: set[str] = set()
         self.gave_up: AssociationError | None = None
 
     # Association life cycle
@@ -171,12 +240,31 @@ class Sender:
         )
         self._learn_refusals(self.association)
 
+    def open_first_association(self) -> None:
+        """Open the sender's first association, retrying a rejected-transient."""
+        attempts = self.settings.retries + 1
+        for attempt in range(attempts):
+            try:
+                self.open_association()
+                return
+            except AssociationRejectedError as exc:
+                if not exc.transient or attempt + 1 == attempts:
+                    raise
+                delay = self._backoff(attempt)
+                logger.warning("%s; trying again in %.1f s", exc, delay)
+                time.sleep(delay)
+
     def _learn_refusals(self, association: Association) -> None:
-        accepted_classes = {pair[0] for pair in association.accepted_contexts}
+        accepted = association.accepted_contexts
+        accepted_classes = {pair[0] for pair in accepted}
         for request in self.proposed:
-            for syntax in request.transfer_syntaxes:
-                if (request.abstract_syntax, syntax) not in association.accepted_contexts:
-                    self.refused_pairs.add((request.abstract_syntax, syntax))
+            pairs = [(request.abstract_syntax, syntax)
+                     for syntax in request.transfer_syntaxes]
+            # The receiver picks one syntax of a context; the others of a
+            # context it accepted are not refused, only not chosen.
+            if any(pair in accepted for pair in pairs):
+                continue
+            self.refused_pairs.update(pairs)
         for sop_class, reason in association.rejected_contexts.items():
             if sop_class not in accepted_classes and reason.startswith("abstract"):
                 self.refused_classes[sop_class] = reason
@@ -215,81 +303,108 @@ class Sender:
 
     # Sending
 
-    def send_file(self, item: ReadyFile) -> None:
-        """Send one file and emit exactly one outcome for it."""
+    def send_file(self, item: ReadyFile) -> bool:
+        """Send one file and emit exactly one outcome for it.
+
+        Returns False, with ``gave_up`` set and no outcome emitted, when no
+        association could be opened for the file; the caller hands it back.
+        """
         started = time.perf_counter()
         if self.settings.report_sending:
             self.emit(FileSending(item.job_id, item.sop_instance_uid,
                                   item.sop_class_uid))
+        outcome: FileStored | FileFailed | None = None
         try:
             outcome = self._send_with_retries(item, started)
         finally:
-            if item.spooled:
+            if item.spooled and outcome is not None:
                 _remove_quietly(item.path)
-        self.emit(outcome)
-
-    def _send_with_retries(self, item: ReadyFile, started: float) -> FileStored | FileFailed:
-        attempts = self.settings.retries + 1
-        for attempt in range(attempts):
-            try:
-                return self._send_once(item, started)
-            except TRANSIENT_ERRORS as exc:
-                self._drop_association()
-                if attempt + 1 == attempts:
-                    if isinstance(exc, ConnectionFailedError):
-                        # The receiver is gone: stop taking files rather than
-                        # wait for the connect timeout once per file.
-                        self.gave_up = exc
-                    return self._failed(
-                        item,
-                        f"Unable to send '{item.name}' after {attempts} attempts: "
-                        f"{exc}",
-                    )
-                delay = self.settings.retry_delay * (2 ** attempt)
-                logger.warning(
-                    "Sending '%s' failed (%s); retrying in %.1f s on a new "
-                    "association", item.name, exc, delay,
-                )
-                time.sleep(delay)
-                if not self._reopen(item):
-                    return self._failed(
-                        item, f"Unable to send '{item.name}': {self.gave_up}"
-                    )
-            except AssociationRejectedError as exc:
-                self.gave_up = exc
-                return self._failed(item, f"Unable to send '{item.name}': {exc}")
-            except _FileProblem as exc:
-                return self._failed(item, str(exc))
-        raise AssertionError("unreachable")
-
-    def _reopen(self, item: ReadyFile) -> bool:
-        try:
-            self.open_association()
-        except AssociationRejectedError as exc:
-            self.gave_up = exc
+        if outcome is None:
             return False
-        except AssociationError as exc:
-            logger.warning(
-                "Reconnecting for '%s' failed: %s", item.name, exc
-            )
-            return True  # the next attempt reports or retries
+        self.emit(outcome)
         return True
 
-    def _send_once(self, item: ReadyFile, started: float) -> FileStored | FileFailed:
+    def _send_with_retries(
+        self, item: ReadyFile, started: float
+    ) -> FileStored | FileFailed | None:
+        """Send ``item``, retrying transient failures; None when the sender gave up."""
+        attempts = self.settings.retries + 1
+        problem: AssociationError | StoreStatus | None = None
+        for attempt in range(attempts):
+            if attempt:
+                delay = self._backoff(attempt - 1)
+                logger.warning(
+                    "Sending '%s' failed (%s); retrying in %.1f s (attempt %d of %d)",
+                    item.name, problem, delay, attempt + 1, attempts,
+                )
+                time.sleep(delay)
+
+            try:
+                status, syntax = self._send_once(item)
+            except AssociationRejectedError as exc:
+                self._drop_association()
+                if not exc.transient:
+                    self.gave_up = exc
+                    return None
+                problem = exc
+                continue
+            except TRANSIENT_ERRORS as exc:
+                self._drop_association()
+                problem = exc
+                continue
+            except ProtocolError as exc:
+                self._drop_association()
+                return self.failed(item, f"Unable to send '{item.name}': {exc}")
+            except FileError as exc:
+                if self.association is not None and not self.association.is_alive:
+                    self._drop_association()
+                return self.failed(item, str(exc))
+            except _FileProblem as exc:
+                return self.failed(item, str(exc))
+
+            if not is_transient_status(status.status):
+                return self._outcome(item, status, syntax, started)
+            problem = status
+
+        # Every attempt failed on a transient problem.
+        if isinstance(problem, (ConnectionFailedError, AssociationRejectedError)):
+            # No association can be opened: stop taking files rather than wait
+            # for the connect timeout once per file, and let others send it.
+            self.gave_up = problem
+            return None
+        if isinstance(problem, StoreStatus):
+            return self.failed(
+                item,
+                f"The receiver did not store '{item.name}': {problem}, "
+                f"{attempts} attempts",
+            )
+        return self.failed(
+            item, f"Unable to send '{item.name}' after {attempts} attempts: {problem}"
+        )
+
+    def _backoff(self, retry: int) -> float:
+        """Return the wait before retry number ``retry`` (0 for the first).
+
+        The exponential delay is scaled by a random factor from 0.5 to 1.5, so
+        senders rejected together do not all try again at the same moment.
+        """
+        return float(self.settings.retry_delay * (2 ** retry)
+                     * random.uniform(0.5, 1.5))
+
+    def _send_once(self, item: ReadyFile) -> tuple[StoreStatus, str]:
+        """Send the file once; return the status and the syntax it went in."""
         if self.association is None:
             self.open_association()
         association = self.association
         assert association is not None
 
-        context_id, syntax = self._choose_context(item)
-        payload: Any = self._payload_as_is(item)
-        if syntax != item.transfer_syntax or payload.length % 2:
-            payload = self._payload_reencoded(item, syntax)
-
+        context_id, syntax, payload = self._choose_context(item)
+        association = self.association
+        assert association is not None
         status = association.send_c_store(
             context_id, item.sop_class_uid, item.sop_instance_uid, payload
         )
-        return self._outcome(item, status, syntax, started)
+        return status, syntax
 
     def _outcome(
         self, item: ReadyFile, status: StoreStatus, syntax: str, started: float
@@ -300,15 +415,16 @@ class Sender:
                               syntax, duration, status.status)
         if status.category is StatusCategory.WARNING:
             warning = f"{item.name}: {status}"
-            logger.warning("Stored '%s' with a warning: %s", item.name, status)
+            logger.warning("Stored '%s' with a warning status: %s", item.name, status)
             return FileStored(item.job_id, item.sop_instance_uid, item.sop_class_uid,
                               syntax, duration, status.status, warning)
-        return self._failed(
+        return self.failed(
             item,
             f"The receiver did not store '{item.name}': {status}",
         )
 
-    def _failed(self, item: ReadyFile, message: str) -> FileFailed:
+    def failed(self, item: ReadyFile, message: str) -> FileFailed:
+        """Log ``message`` and return the file's failure event."""
         logger.error("%s", message)
         return FileFailed(
             item.job_id,
@@ -320,12 +436,61 @@ class Sender:
 
     # Presentation contexts
 
-    def _choose_context(self, item: ReadyFile) -> tuple[int, str]:
-        """Find an accepted context for the file, re-associating if needed.
+    def _choose_context(self, item: ReadyFile) -> tuple[int, str, Any]:
+        """Find an accepted context for the file and the payload to send on it.
 
-        Returns the context ID and the transfer syntax the file goes in: its
-        own when accepted, else an uncompressed one the receiver accepted.
+        Returns the context ID, the transfer syntax the file goes in and its
+        data set. The file goes in its own syntax (or the forced one) when the
+        receiver accepts it. Otherwise it falls back, in this order, to a
+        lossless compressed syntax the receiver accepted (only for a file
+        whose pixel data is compressed), then Explicit, then Implicit VR
+        Little Endian. A fallback that cannot be encoded is skipped.
         """
+        sop_class = item.sop_class_uid
+        self._raise_if_class_refused(item)
+        context_id = self._context_for(sop_class, item.transfer_syntax)
+        if context_id is not None:
+            payload: Any = self._payload_as_is(item)
+            if payload.length % 2:
+                payload = self._payload_reencoded(item, item.transfer_syntax)
+            return context_id, item.transfer_syntax, payload
+        self._raise_if_class_refused(item)
+
+        encoding_failures: list[str] = []
+        for syntax in self._fallback_syntaxes(item):
+            context_id = self._context_for(sop_class, syntax)
+            if context_id is None:
+                continue
+            try:
+                payload = self._payload_reencoded(item, syntax)
+            except _FileProblem as exc:
+                logger.warning("%s; trying the next transfer syntax", exc)
+                encoding_failures.append(str(exc))
+                continue
+            logger.warning(
+                "Sending '%s' as %s because the receiver rejected %s for %s",
+                item.name, uid_name(syntax), uid_name(item.transfer_syntax),
+                uid_name(sop_class),
+            )
+            return context_id, syntax, payload
+
+        if encoding_failures:
+            # The last attempt is the simplest syntax, so its reason is the
+            # one that matters: most often the pixel data cannot be decoded.
+            raise _FileProblem(
+                f"{encoding_failures[-1]}, and the receiver rejected "
+                f"{uid_name(item.transfer_syntax)} for {uid_name(sop_class)}"
+            )
+        reason = self.refused_classes.get(sop_class, "transfer syntaxes not supported")
+        raise _FileProblem(
+            f"Unable to send '{item.name}' as the receiver accepted no presentation "
+            f"context for {uid_name(sop_class)} in {uid_name(item.transfer_syntax)}, "
+            "a lossless compressed syntax, Explicit VR Little Endian or Implicit "
+            f"VR Little Endian ({reason}); check which transfer syntaxes the "
+            "receiver accepts"
+        )
+
+    def _raise_if_class_refused(self, item: ReadyFile) -> None:
         sop_class = item.sop_class_uid
         if sop_class in self.refused_classes:
             raise _FileProblem(
@@ -334,26 +499,33 @@ class Sender:
                 "ask the receiver's administrator to accept this SOP class"
             )
 
-        for syntax in (item.transfer_syntax, *UNCOMPRESSED_FALLBACKS):
-            context_id = self._context_for(sop_class, syntax)
-            if context_id is not None:
-                if syntax != item.transfer_syntax:
-                    logger.warning(
-                        "Sending '%s' as %s because the receiver refused %s for %s",
-                        item.name, uid_name(syntax), uid_name(item.transfer_syntax),
-                        uid_name(sop_class),
-                    )
-                return context_id, syntax
-            if sop_class in self.refused_classes:
-                break
+    def _fallback_syntaxes(self, item: ReadyFile) -> list[str]:
+        """List the syntaxes to try, in order, when the file's own is refused."""
+        candidates: list[str] = []
+        if item.transfer_syntax not in NATIVE_SYNTAXES:
+            candidates.extend(self._accepted_lossless(item.sop_class_uid))
+        candidates.extend(UNCOMPRESSED_FALLBACKS)
+        return [syntax for syntax in candidates if syntax != item.transfer_syntax]
 
-        reason = self.refused_classes.get(sop_class, "transfer syntaxes not supported")
-        raise _FileProblem(
-            f"Unable to send '{item.name}' as the receiver accepted no presentation "
-            f"context for {uid_name(sop_class)} in {uid_name(item.transfer_syntax)}, "
-            f"Explicit VR Little Endian or Implicit VR Little Endian ({reason}); "
-            "check which transfer syntaxes the receiver accepts"
-        )
+    def _accepted_lossless(self, sop_class: str) -> list[str]:
+        """Return the lossless compressed syntaxes accepted for ``sop_class``.
+
+        When none was accepted and none proposed yet, one context offering all
+        of LOSSLESS_FALLBACKS is proposed on a new association; the receiver
+        picks the one it prefers.
+        """
+        accepted = self._lossless_in(sop_class)
+        if accepted or sop_class in self.lossless_proposed:
+            return accepted
+        self.lossless_proposed.add(sop_class)
+        self._reassociate_with(ContextRequest(sop_class, LOSSLESS_FALLBACKS))
+        return self._lossless_in(sop_class)
+
+    def _lossless_in(self, sop_class: str) -> list[str]:
+        association = self.association
+        assert association is not None
+        return [syntax for syntax in LOSSLESS_FALLBACKS
+                if association.find_context(sop_class, syntax) is not None]
 
     def _context_for(self, sop_class: str, syntax: str) -> int | None:
         """Return an accepted context for the pair, proposing it if never asked."""
@@ -415,7 +587,7 @@ class Sender:
             logger.warning("'%s' has an odd-length data set; sending it padded "
                            "to an even length", item.name)
         try:
-            return reencode(item, syntax)
+            return reencode(item, syntax, verify=self.options.verify)
         except Exception as exc:  # noqa: BLE001 - any codec failure fails the file
             raise _FileProblem(
                 f"Unable to send '{item.name}' as re-encoding it in "

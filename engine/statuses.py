@@ -3,9 +3,10 @@
 The codes and meanings come from PS3.7 Annex C (general statuses) and PS3.4
 section B.2.3 (Storage Service Class statuses). The 0xA8xx range is an older
 Storage status, "Refused: SOP class not supported", which DCMTK still names
-``STATUS_STORE_Refused_SOPClassNotSupported``. A code not listed here is
-treated as a failure, so a file is never reported as stored on a status we
-cannot read.
+``STATUS_STORE_Refused_SOPClassNotSupported``. A code in 0xB000 to 0xBFFF
+that no table names is a warning, because PS3.7 Annex C reserves that range
+for warnings. Any other code not listed here is treated as a failure, so a
+file is never reported as stored on a status we cannot read.
 """
 
 from __future__ import annotations
@@ -64,8 +65,12 @@ STATUS_RANGES: tuple[tuple[int, int, StatusCategory, str], ...] = (
     (0xA800, 0xA8FF, StatusCategory.FAILURE, "Refused: SOP class not supported"),
     (0xA900, 0xA9FF, StatusCategory.FAILURE,
      "Error: data set does not match SOP class"),
+    (0xB000, 0xBFFF, StatusCategory.WARNING, "Warning"),
     (0xC000, 0xCFFF, StatusCategory.FAILURE, "Error: cannot understand"),
 )
+
+# Failure statuses worth sending the file again after a pause.
+TRANSIENT_STATUS_RANGE = (0xA700, 0xA7FF)
 
 UNKNOWN_STATUS_MEANING = "Unknown status"
 
@@ -91,6 +96,12 @@ def describe_status(status: int) -> tuple[StatusCategory, str]:
         if first <= status <= last:
             return category, meaning
     return StatusCategory.FAILURE, UNKNOWN_STATUS_MEANING
+
+
+def is_transient_status(status: int) -> bool:
+    """Return True for 0xA7xx, "Refused: out of resources", which may clear up."""
+    first, last = TRANSIENT_STATUS_RANGE
+    return first <= status <= last
 
 
 @dataclass(frozen=True, slots=True)

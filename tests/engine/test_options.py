@@ -98,5 +98,9 @@ def test_count_limits() -> None:
 def test_timeout_values() -> None:
     assert validate_timeout("dimse_timeout", None) is None
     assert validate_timeout("dimse_timeout", 5) == 5.0
-    with pytest.raises(ValueError, match="Invalid dimse_timeout 0: expected a number"):
+    with pytest.raises(ValueError,
+                       match="Invalid dimse_timeout 0: expected a finite number"):
         validate_timeout("dimse_timeout", 0)
+    with pytest.raises(ValueError,
+                       match="Invalid dimse_timeout nan: expected a finite number"):
+        validate_timeout("dimse_timeout", float("nan"))
