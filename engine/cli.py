@@ -387,6 +387,48 @@ def convert(paths: Sequence[str], out_dir: str, transfer_syntax: str,
 
 
 @main.command()
+@click.argument("addr")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--calling-ae", default=DEFAULT_CALLING_AE_TITLE, show_default=True,
+              help="Our AE title.")
+@click.option("--called-ae", default=DEFAULT_CALLED_AE_TITLE, show_default=True,
+              help="The receiver's AE title.")
+@click.option("--transfer-syntax", "-t", default=None,
+              help="Plan sending every file in this transfer syntax (UID or "
+                   "keyword). Default: each file's own.")
+@click.option("--allow-lossy", is_flag=True,
+              help="Permit a lossy --transfer-syntax such as JPEGBaseline.")
+@click.option("--connect-timeout", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for the connection and association.")
+@click.option("--verbose", "-v", count=True,
+              help="Log the protocol conversation (-vv for every PDU).")
+def plan(addr: str, paths: Sequence[str], calling_ae: str, called_ae: str,
+         transfer_syntax: str | None, allow_lossy: bool, connect_timeout: float,
+         verbose: int) -> None:
+    """Show what sending PATHS to ADDR would do, without sending anything."""
+    from engine.plan import format_plan, plan_transfer
+
+    configure_logging(verbose)
+    try:
+        result = plan_transfer(
+            addr, list(paths), calling_ae_title=calling_ae,
+            called_ae_title=called_ae, transfer_syntax=transfer_syntax,
+            allow_lossy=allow_lossy,
+            timeouts=Timeouts(connect=connect_timeout, acse=connect_timeout,
+                              dimse=connect_timeout, network=connect_timeout),
+        )
+    except ValueError as exc:
+        raise _usage_error(exc) from exc
+    except AssociationError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_NO_ASSOCIATION)
+    for line in format_plan(result):
+        click.echo(line)
+    sys.exit(EXIT_OK if not result.refused_files and not result.failed
+             else EXIT_FILES_FAILED)
+
+
+@main.command()
 @click.option("--transfer-syntax", "-t", default="JPEG2000Lossless",
               show_default=True, help="Syntax to re-encode the samples into.")
 @click.option("--out", "out_dir", default=None,

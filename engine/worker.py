@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from engine.events import FileFailed, ProcessFinished
 from engine.jobs import ReadyFile, TranscodeJob
@@ -75,8 +74,15 @@ def transcode_job(
         data = result.dataset_bytes()
     except TranscodeError as exc:
         return _failure(job, f"Unable to transcode '{job.name}': {exc}")
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
-            AttributeError, NotImplementedError, RuntimeError) as exc:
+    except OSError as exc:
+        return _failure(
+            job,
+            f"Unable to read '{job.name}': {exc.strerror or exc}; check that the "
+            "file still exists and is readable",
+        )
+    except Exception as exc:
+        # pydicom and the codecs raise many exception types on damaged
+        # input; whatever it is, it fails this file and the worker goes on.
         logger.debug("Transcoding '%s' failed", job.name, exc_info=True)
         return _failure(
             job,
@@ -84,10 +90,6 @@ def transcode_job(
             f"{pydicom.uid.UID(job.target_syntax).name}: the file could not be "
             f"decoded ({type(exc).__name__}: {exc}); send it without "
             "--transfer-syntax or repair the file",
-        )
-    except OSError as exc:
-        return _failure(
-            job, f"Unable to read '{job.name}': {exc.strerror or exc}"
         )
 
     spool_path = os.path.join(spool_dir, f"{job.job_id}.transcoded")

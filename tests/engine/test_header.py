@@ -11,7 +11,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from engine.errors import InvalidDicomFileError, NotDicomError
-from engine.header import read_header
+from engine.header import (
+    PixelDataKind,
+    check_dataset,
+    check_dataset_file,
+    read_header,
+)
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -100,3 +105,101 @@ def test_missing_instance_uid() -> None:
     with pytest.raises(InvalidDicomFileError,
                        match=r"has no SOP Instance UID \(0008,0018\)"):
         read_header(io.BytesIO(data), "no-uid")
+
+
+# The data set walk
+
+
+def part10(name: str) -> tuple[bytes, int, str]:
+    """Return a sample's bytes, where its data set starts and its syntax."""
+    data = (TEST_FILES / name).read_bytes()
+    header = read_header(io.BytesIO(data), name, check=False)
+    return data, header.dataset_offset, header.transfer_syntax
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("CT_small.dcm", PixelDataKind.NATIVE),
+    ("MR_small_RLE.dcm", PixelDataKind.ENCAPSULATED),
+    ("MR_small_implicit.dcm", PixelDataKind.NATIVE),
+    ("MR_small_bigendian.dcm", PixelDataKind.NATIVE),
+    ("rtplan.dcm", PixelDataKind.NONE),
+    ("UN_sequence.dcm", PixelDataKind.NONE),
+])
+def test_layout_of_samples(name: str, kind: PixelDataKind) -> None:
+    data, offset, syntax = part10(name)
+    layout = check_dataset(data[offset:], syntax, name)
+    assert layout.pixel_data is kind
+    assert layout.length == len(data) - offset
+    assert layout.odd_length_tags == ()
+    with (TEST_FILES / name).open("rb") as fileobj:
+        assert read_header(fileobj, name).layout == layout
+    assert check_dataset_file(TEST_FILES / name, offset, syntax, name) == layout
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "JPEG2000.dcm"])
+def test_every_cut_in_encapsulated_pixels(name: str) -> None:
+    """Cut anywhere after the pixel data header starts, a file is truncated."""
+    data, offset, syntax = part10(name)
+    pixel_start = data.rindex(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff")
+    # Up to the sequence delimitation item; trailing padding may follow it.
+    pixel_end = data.index(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", pixel_start) + 8
+    for cut in range(pixel_start + 1, pixel_end, 3):
+        with pytest.raises(InvalidDicomFileError, match="it is truncated"):
+            check_dataset(data[offset:cut], syntax, name)
+
+
+def test_every_cut_in_native_pixels() -> None:
+    data, offset, syntax = part10("CT_small.dcm")
+    pixel_start = data.rindex(b"\xe0\x7f\x10\x00OW\x00\x00")
+    for cut in range(pixel_start + 1, pixel_start + 2000):
+        with pytest.raises(InvalidDicomFileError, match=(
+                r"ends inside the (value|header) of (the element after \(0043,104E\)"
+                r"|\(7FE0,0010\) PixelData); it is truncated")):
+            check_dataset(data[offset:cut], syntax, "ct.dcm")
+
+
+def test_cut_in_undefined_length_sequence() -> None:
+    data, offset, syntax = part10("rtplan.dcm")
+    dataset = pydicom.dcmread(TEST_FILES / "rtplan.dcm")
+    assert dataset.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    with pytest.raises(InvalidDicomFileError,
+                       match=r"'plan' as the file ends inside .*; it is truncated"):
+        check_dataset(data[offset:len(data) - 10], syntax, "plan")
+
+
+def test_odd_length_values_listed() -> None:
+    dataset = sample()
+    dataset.add_new(0x0009_0010, "LO", "ODD TEST")
+    dataset.add_new(0x0009_1001, "OB", b"\x01\x02\x04\x05")
+    data = encode(dataset, with_meta=False)
+    even = b"OB\x00\x00\x04\x00\x00\x00\x01\x02\x04\x05"
+    odd = data.replace(even, b"OB\x00\x00\x03\x00\x00\x00\x01\x02\x04")
+    layout = check_dataset(odd, ExplicitVRLittleEndian, "odd")
+    assert layout.odd_length_tags == (0x0009_1001,)
+    assert layout.has_odd_lengths
+
+
+def test_invalid_vr_and_stray_item() -> None:
+    data = encode(sample(), with_meta=False)
+    with pytest.raises(InvalidDicomFileError,
+                       match=r"not valid DICOM: .*where an element was expected"):
+        check_dataset(data + b"\xfe\xff\x00\xe0\x00\x00\x00\x00",
+                      ExplicitVRLittleEndian, "stray")
+    # The second element: a wrong VR on the first reads as implicit VR.
+    second = 8 + int.from_bytes(data[6:8], "little")
+    broken = data[:second + 4] + b"zz" + data[second + 6:]
+    with pytest.raises(InvalidDicomFileError, match=r"has the invalid VR b'zz'"):
+        check_dataset(broken, ExplicitVRLittleEndian, "vr")
+
+
+def test_data_set_uids_win_over_meta() -> None:
+    """A data set whose UIDs differ from its file meta is sent under its own."""
+    dataset = sample()
+    data = encode(dataset, with_meta=True)
+    meta_uid = dataset.SOPInstanceUID.encode()
+    other = pydicom.uid.generate_uid().encode()[:len(meta_uid)].ljust(len(meta_uid),
+                                                                       b"1")
+    position = data.rindex(meta_uid)
+    changed = data[:position] + other + data[position + len(meta_uid):]
+    header = read_header(io.BytesIO(changed), "changed")
+    assert header.sop_instance_uid == other.decode()
