@@ -318,13 +318,7 @@ def test_spawn_start_method(storescp: Any) -> None:
     assert len(received_files(storescp.out_dir)) == len(SMALL_FILES)
 
 
-@pytest.mark.parametrize("target", [
-    pytest.param(None, marks=pytest.mark.xfail(
-        strict=True,
-        reason="files sent untouched take the SOP Instance UID from the file "
-               "meta, which in rtplan.dcm differs from the data set's")),
-    "ExplicitVRLittleEndian",
-])
+@pytest.mark.parametrize("target", [None, "ExplicitVRLittleEndian"])
 def test_affected_uid_is_data_set_uid(storescp: Any, target: str | None) -> None:
     """The C-STORE carries the data set's SOP Instance UID, not a stale meta one."""
     source = PYDICOM_TEST_FILES / "rtplan.dcm"
