@@ -49,6 +49,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 # The sender and the receiver identify themselves with the same UID.
 from engine.association import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from engine.errors import InvalidDicomFileError
+from engine.header import check_dataset
 from engine.options import (
     DEFAULT_MAX_PDU_LENGTH,
     validate_ae_title,
@@ -61,6 +63,7 @@ logger = logging.getLogger(__name__)
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+DEFLATED_SYNTAXES = {"1.2.840.10008.1.2.1.99"}
 
 # The Storage Service Class UID and the Verification SOP Class UID, as listed
 # in PS3.6 Annex A.
@@ -444,6 +447,17 @@ class StorageReceiver:
             )
         sop_instance_uid = str(received_instance_uid)
 
+        # A data set cut short or with a broken structure is refused rather
+        # than stored as a file no reader can open.
+        problem = _structure_problem(request.DataSet, str(event.context.transfer_syntax),
+                                     sop_instance_uid)
+        if problem is not None:
+            self._count(stored=False)
+            logger.error("Rejected %s %s from %s: %s", sop_class_name,
+                         sop_instance_uid, calling_ae_title, problem)
+            return _failure(STATUS_CANNOT_UNDERSTAND,
+                            "Invalid data set: truncated or malformed")
+
         try:
             header = _encode_header(
                 sop_class_uid,
@@ -629,6 +643,22 @@ def _link_unique(temporary: Path, out_dir: Path, sop_instance_uid: str) -> Path:
         errno.EEXIST,
         f"{_MAX_COPIES} files of SOP instance {sop_instance_uid} already exist",
     )
+
+
+def _structure_problem(dataset: Any, transfer_syntax: str,
+                       sop_instance_uid: str) -> str | None:
+    """Return why a received data set is unreadable, or None when it is sound."""
+    if transfer_syntax in DEFLATED_SYNTAXES:
+        return None  # checking would mean inflating the whole stream
+    data = dataset.getbuffer() if isinstance(dataset, BytesIO) else bytes(dataset)
+    try:
+        check_dataset(data, transfer_syntax, f"SOP Instance {sop_instance_uid}")
+    except InvalidDicomFileError as exc:
+        return str(exc)
+    finally:
+        if isinstance(data, memoryview):
+            data.release()
+    return None
 
 
 def _failure(status: int, comment: str) -> Dataset:

@@ -769,3 +769,35 @@ def test_many_stores_counted(receiver: StorageReceiver, out_dir: Path) -> None:
     assert sorted(path.name for path in _stored_files(out_dir)) == sorted(
         f"{uid}.dcm" for uid in uids
     )
+
+
+def test_truncated_data_set_rejected(
+    receiver: StorageReceiver, out_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data set cut inside its pixel data gets 0xC000, and no file is written."""
+    from engine.association import Association, ContextRequest
+
+    caplog.set_level(logging.ERROR, logger="engine.receiver")
+    source = PYDICOM_FILES / "CT_small.dcm"
+    file_meta, data = _split_file(source)
+    cut = data[: len(data) - 1000]
+    if len(cut) % 2:
+        cut = cut[:-1]
+    sop_instance_uid = str(file_meta.MediaStorageSOPInstanceUID)
+
+    with Association.open(
+        "127.0.0.1", receiver.port, calling_ae_title="STORE-SCU",
+        called_ae_title="DICOMSEND",
+        contexts=[ContextRequest(CTImageStorage, (ExplicitVRLittleEndian,))],
+    ) as association:
+        context_id = association.find_context(CTImageStorage, ExplicitVRLittleEndian)
+        assert context_id is not None
+        status = association.send_c_store(
+            context_id, CTImageStorage, sop_instance_uid, cut
+        )
+
+    assert status.status == STATUS_CANNOT_UNDERSTAND
+    assert "truncated" in (status.error_comment or "")
+    assert _stored_files(out_dir) == []
+    assert receiver.failed_count == 1
+    assert f"Rejected CT Image Storage {sop_instance_uid}" in caplog.text
