@@ -45,3 +45,6 @@ class ReadyFile:
     source_path: str
     source_offset: int
     source_size: int
+    # Odd-length values whose lengths add up to an even total; the data set
+    # is written again with each value padded, as the standard requires.
+    needs_padding: bool = False

@@ -376,10 +376,12 @@ class Sender:
             return self.failed(
                 item,
                 f"The receiver did not store '{item.name}': {problem}, "
-                f"{attempts} attempts",
+                f"{_attempts_text(attempts)}",
             )
         return self.failed(
-            item, f"Unable to send '{item.name}' after {attempts} attempts: {problem}"
+            item,
+            f"Unable to send '{item.name}' after {_attempts_text(attempts)}: "
+            f"{problem}",
         )
 
     def _backoff(self, retry: int) -> float:
@@ -451,7 +453,7 @@ class Sender:
         context_id = self._context_for(sop_class, item.transfer_syntax)
         if context_id is not None:
             payload: Any = self._payload_as_is(item)
-            if payload.length % 2:
+            if payload.length % 2 or item.needs_padding:
                 payload = self._payload_reencoded(item, item.transfer_syntax)
             return context_id, item.transfer_syntax, payload
         self._raise_if_class_refused(item)
@@ -584,8 +586,8 @@ class Sender:
         from engine.fallback import reencode
 
         if syntax == item.transfer_syntax:
-            logger.warning("'%s' has an odd-length data set; sending it padded "
-                           "to an even length", item.name)
+            logger.warning("'%s' has odd-length values; sending it with each "
+                           "value padded to an even length", item.name)
         try:
             return reencode(item, syntax, verify=self.options.verify)
         except Exception as exc:  # noqa: BLE001 - any codec failure fails the file
@@ -593,6 +595,10 @@ class Sender:
                 f"Unable to send '{item.name}' as re-encoding it in "
                 f"{uid_name(syntax)} failed ({exc})"
             ) from exc
+
+
+def _attempts_text(attempts: int) -> str:
+    return "1 attempt" if attempts == 1 else f"{attempts} attempts"
 
 
 class _FileProblem(Exception):
