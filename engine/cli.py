@@ -187,6 +187,8 @@ def send(
         click.echo("Interrupted while reading the input files; nothing was sent",
                    err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except (ValueError, OSError) as exc:
+        raise _usage_error(exc) from exc
 
     sys.exit(run_send(scu, show_progress=not no_progress and sys.stderr.isatty()))
 

@@ -55,6 +55,8 @@ def source_from_path(path: str | os.PathLike[str]) -> Source | SkippedFile:
         If the path does not exist.
     IsADirectoryError
         If the path is a directory (use ``add_directory``).
+    ValueError
+        If the path is a pipe, socket or device rather than a regular file.
     """
     name = os.fspath(path)
     if not os.path.exists(name):
@@ -62,6 +64,12 @@ def source_from_path(path: str | os.PathLike[str]) -> Source | SkippedFile:
     if os.path.isdir(name):
         raise IsADirectoryError(
             f"Unable to add '{name}' as it is a directory; use add_directory()"
+        )
+    if not os.path.isfile(name):
+        # Reading a FIFO or a device could block forever or never end.
+        raise ValueError(
+            f"Unable to add '{name}' as it is not a regular file (a pipe, socket "
+            "or device); copy its content into a file first"
         )
     return _read_source(name, in_directory=False)
 
@@ -93,8 +101,13 @@ def sources_from_directory(
         dirs.sort()
         for file_name in sorted(files):
             path = os.path.join(root, file_name)
-            if os.path.islink(path) and not os.path.isfile(path):
+            if os.path.islink(path) and not os.path.exists(path):
                 yield SkippedFile(path, "broken symbolic link")
+                continue
+            if not os.path.isfile(path):
+                # A FIFO would block the walk; sockets and devices are no files.
+                yield SkippedFile(path, "not a regular file (a pipe, socket or "
+                                        "device)")
                 continue
             yield _read_source(path, in_directory=True)
 

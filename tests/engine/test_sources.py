@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -95,3 +96,21 @@ def test_memory_source_not_dicom() -> None:
     assert isinstance(source, Source)
     assert source.header is None
     assert "'junk'" in (source.error or "")
+
+
+def test_fifo_in_directory_is_skipped(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.dcm")
+
+    found = list(sources_from_directory(tmp_path))
+
+    assert len(found) == 1
+    assert isinstance(found[0], SkippedFile)
+    assert found[0].reason == "not a regular file (a pipe, socket or device)"
+
+
+def test_fifo_named_is_rejected(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)
+
+    with pytest.raises(ValueError, match="pipe.dcm' as it is not a regular file"):
+        source_from_path(fifo)
