@@ -9,8 +9,13 @@ failed with the reason.
 
 from __future__ import annotations
 
+import copyreg
+import dataclasses
+import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
+import operator
 import os
 import queue
 import shutil
@@ -20,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import errors
 from engine.association import ContextRequest
@@ -36,13 +41,15 @@ from engine.events import (
     ProcessFinished,
 )
 from engine.jobs import ReadyFile, TranscodeJob
-from engine.journal import Journal
 from engine.logbridge import child_log_level, replay_record
 from engine.options import SendOptions
 from engine.result import FailedFile, SendResult
 from engine.sender import MAX_CONTEXTS, SenderSettings, run_sender
 from engine.sources import Source
 from engine.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+
+if TYPE_CHECKING:
+    from engine.journal import Journal
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,51 @@ READY_BATCH_FILES = 32
 READY_BATCH_BYTES = 8 * 1024 * 1024
 QUEUE_WAIT_SECONDS = 0.2
 SHUTDOWN_SECONDS = 30.0
+# How often the shutdown looks at the events queue while processes exit.
+EXIT_POLL_SECONDS = 0.01
+
+
+def pickle_by_fields(cls: type) -> None:
+    """Pickle instances of the dataclass ``cls`` as its constructor arguments.
+
+    A frozen, slotted dataclass pickles by default as a list of field values,
+    and ``__setstate__`` looks the fields up and sets them one by one. As
+    ``cls(*values)`` it takes about a quarter of the time both ways. Work
+    items and outcomes cross a queue once per file, so this is a few
+    microseconds per file. Registered in this module, it applies to what
+    this process pickles and to the processes it forks.
+    """
+    fields = dataclasses.fields(cls)
+    if any(not f.init or f.kw_only for f in fields):
+        return
+    values = operator.attrgetter(*(f.name for f in fields))
+    if len(fields) == 1:
+        copyreg.pickle(cls, lambda obj: (cls, (values(obj),)))
+    else:
+        copyreg.pickle(cls, lambda obj: (cls, values(obj)))
+
+
+for _message_class in (ReadyFile, TranscodeJob, FileSending, FileStored, FileFailed):
+    pickle_by_fields(_message_class)
+
+
+class OutcomeFlags:
+    """The set of job IDs ``0 .. count - 1`` that have an outcome."""
+
+    def __init__(self, count: int) -> None:
+        self._flags = bytearray(count)
+        self._count = 0
+
+    def add(self, job_id: int) -> None:
+        if not self._flags[job_id]:
+            self._flags[job_id] = 1
+            self._count += 1
+
+    def __contains__(self, job_id: object) -> bool:
+        return isinstance(job_id, int) and bool(self._flags[job_id])
+
+    def __len__(self) -> int:
+        return self._count
 
 
 @dataclass(frozen=True)
@@ -119,7 +171,9 @@ class Coordinator:
         self.already_stored = already_stored
 
         self.sending_reported: set[int] = set()
-        self.outcomes: dict[int, FileStored | FileFailed] = {}
+        # Which files have their outcome: one byte per file, not the events,
+        # so the caller's memory does not grow with what the senders report.
+        self.outcomes = OutcomeFlags(len(self.sources))
         self.warnings: list[str] = []
         self.failures: list[FailedFile] = []
         self.senders_opened = 0
@@ -153,7 +207,10 @@ class Coordinator:
         sendable = []
         for job_id, source in enumerate(self.sources):
             if source.header is None:
-                self._record(FileFailed(job_id, source.error or "unreadable file"))
+                error = source.error or f"Unable to read '{source.name}'"
+                # Workers and senders log their failures; this one fails here.
+                logger.error("%s", error)
+                self._record(FileFailed(job_id, error))
             else:
                 sendable.append((job_id, source))
         return sendable
@@ -211,8 +268,7 @@ class Coordinator:
                 for index in range(worker_count)
             ]
 
-        for process in senders + workers:
-            process.start()
+        _start_sharing_memory(senders + workers)
         feeder = threading.Thread(
             target=self._feed,
             args=(sendable, jobs_queue, ready_queue, worker_count, spool_dir),
@@ -359,10 +415,22 @@ class Coordinator:
             except queue.Empty:
                 return
 
+    def _drain_now(self, events_queue: Any) -> None:
+        """Handle every event already in the queue, without waiting for more."""
+        while True:
+            try:
+                self._handle(events_queue.get_nowait())
+            except queue.Empty:
+                return
+
     def _handle(self, message: Any) -> None:
         if isinstance(message, list):
             for item in message:
-                self._handle(item)
+                # Outcomes are most of the traffic; take them first.
+                if type(item) is FileStored:
+                    self._record(item)
+                else:
+                    self._handle(item)
         elif isinstance(message, LogMessage):
             replay_record(message)
         elif isinstance(message, FileSending):
@@ -393,7 +461,7 @@ class Coordinator:
     def _report_sending(
         self, job_id: int, sop_instance_uid: str | None, sop_class_uid: str | None
     ) -> None:
-        if job_id in self.sending_reported:
+        if self.callbacks.on_file_sending is None or job_id in self.sending_reported:
             return
         self.sending_reported.add(job_id)
         source = self.sources[job_id]
@@ -409,7 +477,7 @@ class Coordinator:
             return
         self._report_sending(outcome.job_id, outcome.sop_instance_uid,
                              outcome.sop_class_uid)
-        self.outcomes[outcome.job_id] = outcome
+        self.outcomes.add(outcome.job_id)
         source = self.sources[outcome.job_id]
         name = source.name
         if self.journal is not None and source.path is not None:
@@ -420,6 +488,8 @@ class Coordinator:
         if isinstance(outcome, FileStored):
             if outcome.warning:
                 self.warnings.append(outcome.warning)
+            if self.callbacks.on_file_sent is None:
+                return
             self._call(self.callbacks.on_file_sent, EventType.FILE_SENT,
                        f"Sent {name}",
                        {"file": name, "sop_instance_uid": outcome.sop_instance_uid,
@@ -442,6 +512,8 @@ class Coordinator:
     ) -> None:
         """Give every file without an outcome a failure that says why."""
         self._take_late_events()
+        if len(self.outcomes) == len(self.sources):
+            return
         missing = [job_id for job_id, _ in sendable if job_id not in self.outcomes]
         if not missing:
             return
@@ -533,21 +605,48 @@ class Coordinator:
 
         deadline = time.monotonic() + SHUTDOWN_SECONDS
         processes = senders + workers
-        while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
-            try:
-                self._handle(events_queue.get(timeout=0.05))
-            except queue.Empty:
-                pass
+        # Handle events while waiting for the processes to exit: a process
+        # cannot exit while its last events are stuck in a full pipe. Waking
+        # on the sentinels ends the wait as soon as the last one is gone.
+        running = [p for p in processes if p.is_alive()]
+        while running and time.monotonic() < deadline:
+            self._drain_now(events_queue)
+            multiprocessing.connection.wait(
+                [p.sentinel for p in running], timeout=EXIT_POLL_SECONDS)
+            running = [p for p in running if p.is_alive()]
         for process in processes:
             if process.is_alive():
                 logger.warning("Stopping %s, which did not stop by itself",
                                process.name)
                 process.terminate()
             process.join(timeout=5)
-        self._drain(events_queue)
+        # Every process has exited, so whatever it put is in the pipe already.
+        self._drain_now(events_queue)
         for managed_queue in (jobs_queue, ready_queue, events_queue):
             managed_queue.close()
             managed_queue.cancel_join_thread()
+
+
+def _start_sharing_memory(processes: list[Any]) -> None:
+    """Start ``processes`` so that they keep sharing the caller's memory.
+
+    A forked child shares the caller's pages until one is written. Python's
+    cyclic garbage collector writes to the header of every object it scans,
+    so a collection in a child would copy every page that holds the batch's
+    file list: memory that grows with the number of files, once per child.
+    Objects frozen before the fork are never scanned, in the child or here,
+    so they stay shared. A caller that uses ``gc.freeze`` itself is left
+    alone.
+    """
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        if freeze:
+            gc.unfreeze()
 
 
 def _discard_queued(target_queue: Any) -> None:

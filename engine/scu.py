@@ -7,6 +7,7 @@ import os
 import sys
 
 from engine.coordinator import Callback, Callbacks, Coordinator
+from engine.journal import Journal
 from engine.options import (
     DEFAULT_CALLED_AE_TITLE,
     DEFAULT_CALLING_AE_TITLE,
@@ -20,7 +21,6 @@ from engine.options import (
     validate_max_pdu_length,
     validate_timeout,
 )
-from engine.journal import Journal
 from engine.result import SendResult
 from engine.sources import (
     SkippedFile,
@@ -195,8 +195,10 @@ class StoreScu:
         FileNotFoundError, NotADirectoryError
             If ``path`` does not exist or is not a directory.
         """
+        real_folders: dict[str, str] = {}
         for found in sources_from_directory(path):
-            if isinstance(found, Source) and self._already_queued(found.name):
+            if isinstance(found, Source) and self._already_queued(
+                    found.name, _real_path_in_walk(found.name, real_folders)):
                 continue
             self._keep(found)
 
@@ -220,8 +222,10 @@ class StoreScu:
     def skipped_files(self) -> list[SkippedFile]:
         return list(self._skipped)
 
-    def _already_queued(self, path: str | os.PathLike[str]) -> bool:
-        key = os.path.realpath(os.fspath(path))
+    def _already_queued(
+        self, path: str | os.PathLike[str], real_path: str | None = None
+    ) -> bool:
+        key = real_path or os.path.realpath(os.fspath(path))
         if key in self._seen_paths:
             logger.info("'%s' is already queued; it is sent once", os.fspath(path))
             return True
@@ -291,6 +295,25 @@ class StoreScu:
         finally:
             if journal is not None:
                 journal.close()
+
+
+def _real_path_in_walk(path: str, real_folders: dict[str, str]) -> str:
+    """Return ``os.path.realpath(path)`` for a file found by walking a folder.
+
+    ``os.path.realpath`` looks at every component of the path. The folders of
+    a walk repeat, so their resolved paths are kept in ``real_folders`` and
+    only the file's own name is looked at. A symbolic link is resolved in
+    full, and any other name is joined to its resolved folder.
+    """
+    folder, file_name = os.path.split(path)
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    real_folder = real_folders.get(folder)
+    if real_folder is None:
+        real_folder = real_folders[folder] = os.path.realpath(folder)
+    if real_folder == folder:
+        return path  # already real: keep no second copy of the string
+    return os.path.join(real_folder, file_name)
 
 
 class _verbose_output:

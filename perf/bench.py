@@ -9,16 +9,22 @@ Run ``python -m perf.bench --help`` for the options and read
 - ``--soak N``: N runs of dicomsend ``-j 4`` against ``storescp --fork``,
   counting stalls and lost files; writes ``soak-latest.md`` and ``.json``;
 - ``--memory-scaling``: peak RSS of each sender for 1,000 and 10,000 tiny
-  files; writes ``memory-latest.md`` and ``.json``.
+  files; writes ``memory-latest.md`` and ``.json``;
+- ``--transcode``: ``dicomsend send -t JPEG2000Lossless`` with 1 and with 2
+  transcode workers, against the codec called directly; writes
+  ``transcode-latest.md`` and ``.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
+import dataclasses
 import datetime
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -40,7 +46,15 @@ from perf.runs import (
     run_sender,
     summarize,
 )
-from perf.tools import PROJECT_ROOT, Tool, ToolKind, dicomsend_tools, peer_tools
+from perf.tools import (
+    PROJECT_ROOT,
+    Tool,
+    ToolKind,
+    baseline_tools,
+    dicomsend_tools,
+    find_dicomsend,
+    peer_tools,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +104,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="dicomsend -j values (default: 1,2,4)")
     parser.add_argument("--workers", type=_int_list, default=[1, 2],
                         help="dicomsend -w values (default: 1,2)")
+    parser.add_argument("--baseline-root", type=Path, default=None,
+                        help="another copy of the project whose dicomsend is "
+                        "measured as well, as rows 'baseline -jJ -wW' (for "
+                        "before/after comparisons in one run)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds after which a run counts as stalled and is "
                         "killed (default: %(default)s)")
@@ -109,6 +127,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-scaling", action="store_true",
                         help="measure peak RSS of each sender for 1,000 and 10,000 "
                         "tiny files")
+    parser.add_argument("--transcode", action="store_true",
+                        help="time dicomsend send -t TARGET with -w 1 and -w 2 "
+                        "against the codec alone on the CT corpus")
+    parser.add_argument("--transcode-target", default="JPEG2000Lossless",
+                        help="target syntax of --transcode (default: %(default)s)")
+    parser.add_argument("--transcode-files", type=int, default=300,
+                        help="CT files that --transcode sends (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every run")
     args = parser.parse_args(argv)
 
@@ -147,6 +172,8 @@ def _settings(
 
 def _select_tools(args: argparse.Namespace) -> list[Tool]:
     tools = peer_tools() + dicomsend_tools(args.jobs, args.workers)
+    if args.baseline_root is not None:
+        tools += baseline_tools(args.baseline_root.resolve(), args.jobs, args.workers)
     if args.tools:
         requested = {name.strip() for name in args.tools.split(",")}
         tools = [t for t in tools if t.name in requested]
@@ -313,7 +340,8 @@ def run_memory_scaling(args: argparse.Namespace) -> int:
     logs_dir = args.results_dir / "logs-memory"
     if logs_dir.exists():
         shutil.rmtree(logs_dir)
-    settings = _settings(args, logs_dir, args.timeout)
+    settings = dataclasses.replace(
+        _settings(args, logs_dir, args.timeout), measure_pss=True)
     tiny = ensure_corpus(args.cache_dir, "tiny", 10000)
     first = tiny.path / "000"
     first_bytes = sum(p.stat().st_size for p in first.glob("*.dcm"))
@@ -343,21 +371,30 @@ def run_memory_scaling(args: argparse.Namespace) -> int:
         "# Peak memory for 1,000 and 10,000 files",
         "",
         f"Measured {meta['started']} with `{meta['command']}`; storescp variant B "
-        "(discard); one run each; peak RSS summed over every process of the tool.",
+        "(discard); one run each. Peak RSS and peak PSS are summed over every "
+        "process of the tool; RSS counts the pages a forked child shares with "
+        "its parent once per process, PSS counts every page once.",
         "",
-        "| tool | peak RSS MB, 1,000 files | peak RSS MB, 10,000 files | ratio "
+        "| tool | peak RSS MB, 1,000 files | 10,000 files | ratio "
+        "| peak PSS MB, 1,000 files | 10,000 files | ratio "
         "| wall s, 10,000 files | status |",
-        "|---|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for tool in tools:
-        small = by_key[(tool.name, "tiny-1000")].measurement.peak_rss_bytes
+        small_run = by_key[(tool.name, "tiny-1000")].measurement
         large_record = by_key[(tool.name, "tiny-10000")]
-        large = large_record.measurement.peak_rss_bytes
+        large_run = large_record.measurement
         flags = by_key[(tool.name, "tiny-1000")].flags + large_record.flags
-        ratio = f"{large / small:.2f}" if small else ""
+        cells = []
+        for small, large in (
+            (small_run.peak_rss_bytes, large_run.peak_rss_bytes),
+            (small_run.peak_pss_bytes, large_run.peak_pss_bytes),
+        ):
+            ratio = f"{large / small:.2f}" if small else ""
+            cells.append(f"{small / 1e6:.1f} | {large / 1e6:.1f} | {ratio}")
         lines.append(
-            f"| {tool.name} | {small / 1e6:.1f} | {large / 1e6:.1f} | {ratio} "
-            f"| {large_record.measurement.wall_s:.2f} | {'; '.join(flags) or 'ok'} |"
+            f"| {tool.name} | {' | '.join(cells)} "
+            f"| {large_run.wall_s:.2f} | {'; '.join(flags) or 'ok'} |"
         )
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "memory-latest.md").write_text("\n".join(lines) + "\n")
@@ -366,6 +403,142 @@ def run_memory_scaling(args: argparse.Namespace) -> int:
     )
     print("\n".join(lines))
     return 1 if any(r.flags for r in records) else 0
+
+
+def _time_codec_alone(target: str, folder: Path) -> dict[str, float]:
+    """Time the frame encoder and the whole transcoder in this process.
+
+    The encoder runs on pixel arrays already decoded into memory, as
+    ``perf.transcode_bench`` does. The transcoder reads each file, decodes it,
+    encodes it and produces the data set bytes, which is what one transcode
+    worker does per file.
+    """
+    import pydicom
+
+    from perf.corpus import list_dicom_files
+    from perf.transcode_bench import time_codec
+    from transcode.transcoder import Transcoder
+
+    paths = list_dicom_files(folder)
+    codec_s = time_codec(target, paths)
+    transcoder = Transcoder(target, allow_lossy=False)
+    start = time.perf_counter()
+    for path in paths:
+        transcoder.transcode(pydicom.dcmread(path)).dataset_bytes()
+    transcoder_s = time.perf_counter() - start
+    return {"codec_s": codec_s or 0.0, "transcoder_s": transcoder_s}
+
+
+def run_transcode(args: argparse.Namespace) -> int:
+    """Time ``dicomsend send -t TARGET`` with 1 and 2 workers against the codec."""
+    words, reason = find_dicomsend()
+    if words is None:
+        print(f"dicomsend is not available: {reason}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    meta = _common_meta(args, datetime.datetime.now())
+    logs_dir = args.results_dir / "logs-transcode"
+    if logs_dir.exists():
+        shutil.rmtree(logs_dir)
+    settings = _settings(args, logs_dir, args.timeout)
+    corpus = ensure_corpus(args.cache_dir, "ct", args.transcode_files)
+    target = args.transcode_target
+    tools = [
+        Tool(f"dicomsend -t {target} -j1 -w{workers}", ToolKind.DICOMSEND,
+             (*words, "send"), ("-t", target, "-j", "1", "-w", str(workers)))
+        for workers in (1, 2)
+    ]
+
+    records: list[RunRecord] = []
+    alone: list[dict[str, float]] = []
+    try:
+        for rep in range(1, args.reps + 1):
+            for tool in tools:
+                records.append(run_sender(tool, corpus, Variant.DISCARD, rep, settings))
+            alone.append(_time_codec_alone(target, corpus.path))
+    finally:
+        shutil.rmtree(settings.output_root, ignore_errors=True)
+    _finish_meta(meta, start)
+
+    count = corpus.file_count
+    walls = {
+        tool.name: statistics.median(
+            r.measurement.wall_s for r in records if r.tool == tool.name)
+        for tool in tools
+    }
+    # dicomsend's summary line gives the time of the transfer itself, from
+    # the start of the pipeline to the last outcome: no interpreter start-up
+    # and no header reads, but the workers' start is in it.
+    transfers = {
+        tool.name: statistics.median(
+            _summary_seconds(r) for r in records if r.tool == tool.name)
+        for tool in tools
+    }
+    codec_s = statistics.median(a["codec_s"] for a in alone)
+    transcoder_s = statistics.median(a["transcoder_s"] for a in alone)
+    one, two = (walls[tool.name] for tool in tools)
+    flags = sorted({flag for r in records for flag in r.flags})
+    lines = [
+        f"# Transcoding pipeline: {target}",
+        "",
+        f"Measured {meta['started']} with `{meta['command']}`: corpus `ct` "
+        f"({count} files, {corpus.total_bytes / 1e6:.1f} MB), storescp variant B "
+        f"(discard), {args.reps} repetition(s), medians. CPU: "
+        f"{meta['machine'].get('cpu_model', '?')}, "
+        f"{meta['machine'].get('usable_cpus', '?')} CPUs; load average at the start "
+        f"{', '.join(f'{v:.2f}' for v in meta['machine'].get('load_average', []))}.",
+        "",
+        "| what | wall s | files/s |",
+        "|---|---:|---:|",
+        f"| encoder alone, 1 process, pixels in memory | {codec_s:.2f} "
+        f"| {count / codec_s:.1f} |" if codec_s else "| encoder alone | n/a | |",
+        f"| transcoder alone, 1 process: read, decode, encode, bytes | "
+        f"{transcoder_s:.2f} | {count / transcoder_s:.1f} |",
+        *(f"| `{name}` (whole command, start-up included) | {wall:.2f} "
+          f"| {count / wall:.1f} |" for name, wall in walls.items()),
+        *(f"| `{name}`, transfer only (its summary line) | {seconds:.2f} "
+          f"| {count / seconds:.1f} |" for name, seconds in transfers.items()
+          if seconds),
+        "",
+        f"- 2 workers / 1 worker: {one / two:.2f}x the throughput (whole "
+        "command)",
+        f"- pipeline with 1 worker over the encoder alone: "
+        f"{(one / codec_s - 1) * 100:+.0f}% time" if codec_s else "",
+        f"- pipeline with 1 worker over the transcoder alone: "
+        f"{(one / transcoder_s - 1) * 100:+.0f}% time",
+        f"- runs flagged: {', '.join(flags) if flags else 'none'}",
+    ]
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "transcode-latest.md").write_text("\n".join(lines) + "\n")
+    meta["alone"] = alone
+    (args.results_dir / "transcode-latest.json").write_text(_runs_json(meta, records))
+    print("\n".join(lines))
+    return 1 if flags else 0
+
+
+def _summary_seconds(record: RunRecord) -> float:
+    """Return the duration in dicomsend's summary line, or 0 if there is none."""
+    try:
+        text = Path(record.measurement.stdout_path).read_text()
+    except OSError:
+        return 0.0
+    match = re.search(r" in ([0-9.]+) s \(", text)
+    return float(match.group(1)) if match else 0.0
+
+
+def compile_project() -> None:
+    """Write the bytecode of the project's packages before anything is timed.
+
+    ``pip install`` compiles a package's modules. A checkout run in place with
+    ``PYTHONDONTWRITEBYTECODE`` set would compile every module again at each
+    start (about 30 ms for dicomsend), which no installed copy pays.
+    """
+    for package in ("engine", "transcode", "perf"):
+        folder = PROJECT_ROOT / package
+        if folder.is_dir() and not compileall.compile_dir(
+                str(folder), quiet=1, maxlevels=0):
+            logger.warning("Could not compile every module of %s; start-up "
+                           "times include compiling them", folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The JPEG 2000 encoder logs every tile at INFO.
     logging.getLogger("openjpeg").setLevel(logging.WARNING)
+    compile_project()
     if args.soak is not None:
         if args.soak < 1:
             print(f"Invalid --soak {args.soak}; use 1 or more runs", file=sys.stderr)
@@ -388,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_soak(args)
     if args.memory_scaling:
         return run_memory_scaling(args)
+    if args.transcode:
+        return run_transcode(args)
     return run_benchmark(args)
 
 

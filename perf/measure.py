@@ -9,8 +9,12 @@ the larger of the two.
 
 Peak memory is the largest sum of RSS over all processes of the tree seen at
 any poll. Pages shared between processes (a forked worker's copy of the
-interpreter, shared libraries) are counted once per process, so the figure
-over-states what the tree costs the machine when it forks.
+interpreter, shared libraries, the parent's heap as it was at the fork) are
+counted once per process, so the figure over-states what the tree costs the
+machine when it forks. On request the poll also sums PSS (proportional set
+size: each shared page divided among the processes that map it), which
+counts every page once; reading it costs about a millisecond per process, so
+it is only done where memory is the question.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Measurement:
     timed_out: bool
     stdout_path: str
     stderr_path: str
+    peak_pss_bytes: int = 0
 
     @property
     def cpu_s(self) -> float:
@@ -58,22 +63,32 @@ class Measurement:
         return data
 
 
-def _poll_tree(root: psutil.Process, cpu_by_pid: dict[int, float]) -> int:
-    """Return the summed RSS of ``root`` and its descendants; record their CPU."""
+def _poll_tree(
+    root: psutil.Process, cpu_by_pid: dict[int, float], pss: bool = False
+) -> tuple[int, int]:
+    """Return the summed RSS and PSS (0 unless asked) of ``root`` and its tree.
+
+    The CPU times of every process are recorded in ``cpu_by_pid``.
+    """
     try:
         processes = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    rss = 0
+        return 0, 0
+    rss = pss_total = 0
     for process in processes:
         try:
             with process.oneshot():
-                rss += process.memory_info().rss
+                if pss:
+                    full = process.memory_full_info()
+                    rss += full.rss
+                    pss_total += full.pss
+                else:
+                    rss += process.memory_info().rss
                 times = process.cpu_times()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
         cpu_by_pid[process.pid] = times.user + times.system
-    return rss
+    return rss, pss_total
 
 
 def _kill_group(pid: int) -> None:
@@ -90,6 +105,7 @@ def run_measured(
     timeout_s: float,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    pss: bool = False,
 ) -> Measurement:
     """Run ``command`` to completion and measure it.
 
@@ -107,6 +123,8 @@ def run_measured(
         Environment of the process; the harness's own environment if omitted.
     cwd : Path, optional
         Working directory of the process.
+    pss : bool
+        Also sum the PSS of the tree at each poll (``peak_pss_bytes``).
 
     Returns
     -------
@@ -123,7 +141,7 @@ def run_measured(
     out_path = log_stem.with_suffix(".out")
     err_path = log_stem.with_suffix(".err")
     cpu_by_pid: dict[int, float] = {}
-    peak_rss = 0
+    peak_rss = peak_pss = 0
     timed_out = False
     logger.debug("running %s", " ".join(command))
 
@@ -146,7 +164,9 @@ def run_measured(
             pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            peak_rss = max(peak_rss, _poll_tree(root, cpu_by_pid))
+            rss, proportional = _poll_tree(root, cpu_by_pid, pss)
+            peak_rss = max(peak_rss, rss)
+            peak_pss = max(peak_pss, proportional)
             if time.perf_counter() - start > timeout_s:
                 timed_out = True
                 _kill_group(proc.pid)
@@ -170,4 +190,5 @@ def run_measured(
         timed_out=timed_out,
         stdout_path=str(out_path),
         stderr_path=str(err_path),
+        peak_pss_bytes=peak_pss,
     )

@@ -21,7 +21,9 @@ MB = 1e6
 
 
 def _best_dicomsend(rows: list[Summary]) -> Summary | None:
-    clean = [r for r in rows if r.kind == ToolKind.DICOMSEND.value and not r.flags]
+    """Return the fastest unflagged dicomsend row of this copy (not a baseline)."""
+    clean = [r for r in rows if r.kind == ToolKind.DICOMSEND.value and not r.flags
+             and not r.tool.startswith("baseline")]
     return max(clean, key=lambda r: r.files_per_s, default=None)
 
 
@@ -30,7 +32,7 @@ def _fmt(value: float, digits: int = 1) -> str:
 
 
 def _ratio_cells(row: Summary, best: Summary | None) -> tuple[str, str]:
-    if row.kind == ToolKind.DICOMSEND.value:
+    if row.kind == ToolKind.DICOMSEND.value and not row.tool.startswith("baseline"):
         return "", ""
     if best is None:
         return "n/a", "n/a"

@@ -30,6 +30,8 @@ class RunSettings:
     output_root: Path
     timeout_s: float
     max_pdu: int
+    # Sum PSS as well as RSS while polling (slower; for the memory mode).
+    measure_pss: bool = False
 
 
 @dataclass(slots=True)
@@ -98,6 +100,7 @@ def run_sender(
             timeout_s=settings.timeout_s,
             env=nodelay_env(),
             cwd=PROJECT_ROOT,
+            pss=settings.measure_pss,
         )
         idle = scp.wait_idle()
         delivered = scp.delivered_count()

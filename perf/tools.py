@@ -125,8 +125,9 @@ def peer_tools() -> list[Tool]:
 def find_dicomsend() -> tuple[list[str] | None, str]:
     """Find a working ``dicomsend`` command line.
 
-    The console script on PATH comes first, then ``engine.cli:main`` run by
-    this interpreter from the project root.
+    The console script beside this interpreter comes first, then the one on
+    PATH, then ``engine.cli:main`` run by this interpreter from the project
+    root.
 
     Returns
     -------
@@ -134,8 +135,15 @@ def find_dicomsend() -> tuple[list[str] | None, str]:
         The command words (or None) and a reason when none works.
     """
     candidates: list[list[str]] = []
+    # The script installed beside this interpreter comes first: a version
+    # manager's shim found on PATH (pyenv's is a bash script that runs
+    # ``pyenv exec``) adds about 50 ms to every run, which no user of an
+    # installed dicomsend pays.
+    beside = Path(sys.executable).parent / "dicomsend"
+    if beside.is_file():
+        candidates.append([str(beside)])
     script = shutil.which("dicomsend")
-    if script:
+    if script and script != str(beside):
         candidates.append([script])
     run_cli = "import sys; from engine.cli import main; sys.exit(main())"
     candidates.append([sys.executable, "-c", run_cli])
@@ -163,6 +171,37 @@ def find_dicomsend() -> tuple[list[str] | None, str]:
             continue
         return words, ""
     return None, reason
+
+
+def baseline_tools(root: Path, jobs: list[int], workers: list[int]) -> list[Tool]:
+    """Return dicomsend rows that run the ``engine`` package found in ``root``.
+
+    ``root`` is another copy of the project, for example ``git archive`` of
+    an older commit unpacked into a folder. Its ``engine.cli`` runs with this
+    interpreter, with ``root`` first on ``sys.path``. The rows are named
+    ``baseline -jJ -wW``, so one report compares the two copies run by run.
+    """
+    available = (root / "engine" / "cli.py").is_file()
+    reason = "" if available else f"{root} has no engine/cli.py"
+    # The harness runs tools from this project's root, which ``python -c``
+    # puts first on sys.path; an editable install of this copy adds a finder
+    # as well. Both would import this copy, so the command puts ``root``
+    # first and drops the editable finder before importing ``engine``.
+    run_cli = (
+        "import sys; "
+        "sys.meta_path[:] = [f for f in sys.meta_path "
+        "if 'editable' not in getattr(f, '__module__', '')]; "
+        f"sys.path.insert(0, {str(root)!r}); "
+        "from engine.cli import main; sys.exit(main())"
+    )
+    command = (sys.executable, "-c", run_cli, "send")
+    return [
+        Tool(f"baseline -j{j} -w{w}", ToolKind.DICOMSEND, command,
+             ("-j", str(j), "-w", str(w)), available=available,
+             unavailable_reason=reason)
+        for j in jobs
+        for w in workers
+    ]
 
 
 def dicomsend_tools(jobs: list[int], workers: list[int]) -> list[Tool]:
