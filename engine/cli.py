@@ -38,6 +38,7 @@ from engine.options import (
     validate_ae_title,
 )
 from engine.result import SendResult
+from engine.s3 import S3Error, is_s3_url
 from engine.scu import StoreScu
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("addr")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True)
 @click.option("--calling-ae", default=DEFAULT_CALLING_AE_TITLE, show_default=True,
               help="Our AE title.")
 @click.option("--called-ae", default=DEFAULT_CALLED_AE_TITLE, show_default=True,
@@ -133,6 +134,20 @@ def main() -> None:
 @click.option("--journal", default=None, type=click.Path(dir_okay=False),
               help="SQLite file recording each file's outcome; run the same "
                    "command again with it to send only what is not yet stored.")
+@click.option("--report", default=None, type=click.Path(dir_okay=False),
+              help="Write one record per file to this .jsonl or .csv file as "
+                   "files finish.")
+@click.option("--commit", is_flag=True,
+              help="Ask the receiver to commit the stored files (storage "
+                   "commitment); files it does not commit count as failed.")
+@click.option("--commit-port", default=None, type=int,
+              help="Port to listen on for a commitment report the receiver sends "
+                   "on a new association. Default: wait on the same association.")
+@click.option("--commit-timeout", default=60.0, show_default=True, type=float,
+              help="Seconds to wait for the storage commitment report.")
+@click.option("--s3-endpoint", default=None,
+              help="S3 endpoint URL for s3:// paths. Default: boto3's "
+                   "(AWS_ENDPOINT_URL_S3, the profile, or AWS).")
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @click.option("--verbose", "-v", count=True,
               help="Log the protocol conversation (-vv for every PDU).")
@@ -151,6 +166,11 @@ def send(
     dimse_timeout: float,
     connect_timeout: float,
     journal: str | None,
+    report: str | None,
+    commit: bool,
+    commit_port: int | None,
+    commit_timeout: float,
+    s3_endpoint: str | None,
     no_progress: bool,
     verbose: int,
 ) -> None:
@@ -173,21 +193,37 @@ def send(
             connect_timeout=connect_timeout,
             acse_timeout=connect_timeout,
             journal=journal,
+            report=report,
+            commit=commit,
+            commit_listen_port=commit_port,
+            commit_timeout=commit_timeout,
+            s3_endpoint_url=s3_endpoint,
         )
     except ValueError as exc:
         raise _usage_error(exc) from exc
 
     try:
         for path in paths:
-            if os.path.isdir(path):
+            if is_s3_url(path):
+                # A key ending in "/" or a bare bucket is a prefix to list.
+                if path.endswith("/") or "/" not in path[len("s3://"):]:
+                    scu.add_directory(path)
+                else:
+                    scu.add_file(path)
+            elif os.path.isdir(path):
                 scu.add_directory(path)
             else:
                 scu.add_file(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="PATHS") from exc
+    except S3Error as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         click.echo("Interrupted while reading the input files; nothing was sent",
                    err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
         raise _usage_error(exc) from exc
 
     sys.exit(run_send(scu, show_progress=not no_progress and sys.stderr.isatty()))
@@ -214,6 +250,12 @@ def run_send(scu: StoreScu, show_progress: bool) -> int:
         if progress:
             progress.stop()
 
+    if result.records:
+        from rich.console import Console
+
+        from engine.reports import summary_table
+
+        Console().print(summary_table(result.records))
     click.echo(summary_line(result))
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)

@@ -43,6 +43,8 @@ from engine.events import (
 from engine.jobs import ReadyFile, TranscodeJob
 from engine.logbridge import child_log_level, replay_record
 from engine.options import SendOptions
+from engine.reports import Report
+from engine.s3 import S3Error, S3Source, fetch_to_spool, remove_spooled
 from engine.result import FailedFile, SendResult
 from engine.sender import MAX_CONTEXTS, SenderSettings, run_sender
 from engine.sources import Source
@@ -160,6 +162,7 @@ class Coordinator:
         retry_delay: float = 0.5,
         journal: Journal | None = None,
         already_stored: int = 0,
+        report: Report | None = None,
     ) -> None:
         self.options = options
         self.sources = list(sources)
@@ -169,6 +172,8 @@ class Coordinator:
         self.retry_delay = retry_delay
         self.journal = journal
         self.already_stored = already_stored
+        self.report = report
+        self.spool_dir = ""
 
         self.sending_reported: set[int] = set()
         # Which files have their outcome: one byte per file, not the events,
@@ -221,7 +226,7 @@ class Coordinator:
         transcoding = any(needs_transcoding(s, options.transfer_syntax)
                           for _, s in sendable)
         worker_count = options.transcode_workers if transcoding else 0
-        spool_dir = tempfile.mkdtemp(prefix="dicomsend-spool-")
+        spool_dir = self.spool_dir = tempfile.mkdtemp(prefix="dicomsend-spool-")
         log_level = child_log_level(options.verbose)
 
         jobs_queue = context.Queue(maxsize=max(2, worker_count * 2))
@@ -336,7 +341,9 @@ class Coordinator:
                 source_offset=header.dataset_offset, source_size=source.size,
             ))
             batch_bytes += length
-            if len(batch) >= READY_BATCH_FILES or batch_bytes >= READY_BATCH_BYTES:
+            # A batch of S3 objects is one object, so few are downloaded ahead.
+            if (len(batch) >= READY_BATCH_FILES or batch_bytes >= READY_BATCH_BYTES
+                    or isinstance(source, S3Source)):
                 if not self._put(ready_queue, batch):
                     return
                 batch, batch_bytes = [], 0
@@ -352,6 +359,15 @@ class Coordinator:
         self, job_id: int, source: Source, spool_dir: str
     ) -> tuple[str | None, bool]:
         """Return the path to read ``source`` from, spooling bytes from memory."""
+        if isinstance(source, S3Source):
+            try:
+                return fetch_to_spool(source, spool_dir, job_id), True
+            except (S3Error, FileNotFoundError) as exc:
+                assert source.header is not None
+                self._put_event_later(FileFailed(
+                    job_id, str(exc), source.header.sop_instance_uid,
+                    source.header.sop_class_uid, source.header.transfer_syntax))
+                return None, False
         if source.data is None:
             assert source.path is not None
             return source.path, False
@@ -480,6 +496,10 @@ class Coordinator:
         self.outcomes.add(outcome.job_id)
         source = self.sources[outcome.job_id]
         name = source.name
+        if self.report is not None:
+            self.report.add(source, outcome)
+        if isinstance(source, S3Source):
+            remove_spooled(self.spool_dir, outcome.job_id)
         if self.journal is not None and source.path is not None:
             self.journal.record(source.path, outcome.sop_instance_uid,
                                 isinstance(outcome, FileStored),

@@ -52,6 +52,9 @@ class FileStored:
     duration_seconds: float
     status: int
     warning: str | None = None
+    # For per-file reports: sends made (1 plus retries) and data set bytes sent.
+    attempts: int = 1
+    bytes_sent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,12 @@ class FileFailed:
     sop_instance_uid: str | None = None
     sop_class_uid: str | None = None
     file_transfer_syntax: str | None = None
+    # For per-file reports: the receiver's status when it responded with a
+    # failure, the sends made (0 when the file never reached a sender) and
+    # the time from the first send to the failure.
+    status: int | None = None
+    attempts: int = 0
+    duration_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

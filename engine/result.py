@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.commitment import CommitmentResult
+    from engine.reports import FileRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +29,10 @@ class SendResult:
     ``interrupted`` is True when Ctrl-C stopped the transfer; the files it
     left unsent count as failed. ``already_stored`` counts files a resume
     journal showed as stored by an earlier run; they were not sent again
-    and are not part of ``total_files``.
+    and are not part of ``total_files``. ``records`` contains one record per
+    file in the order outcomes arrived, plus a commitment record per stored
+    file when storage commitment was requested. ``commitment`` is the
+    receiver's storage commitment report, or None.
     """
 
     successful: int
@@ -37,6 +45,8 @@ class SendResult:
     skipped_files: tuple[str, ...]
     interrupted: bool = False
     already_stored: int = 0
+    records: tuple[FileRecord, ...] = ()
+    commitment: CommitmentResult | None = None
 
     @property
     def all_stored(self) -> bool:

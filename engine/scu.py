@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -21,7 +22,10 @@ from engine.options import (
     validate_max_pdu_length,
     validate_timeout,
 )
+from engine.commitment import validate_listen_port
+from engine.reports import Report, report_format
 from engine.result import SendResult
+from engine.s3 import S3Settings, is_s3_url, s3_source, s3_sources
 from engine.sources import (
     SkippedFile,
     Source,
@@ -92,6 +96,21 @@ class StoreScu:
         An SQLite file recording each file's outcome. A later ``send`` with
         the same journal leaves out the files it shows as stored, so a batch
         stopped by a crash or Ctrl-C resumes where it was.
+    report : str or path-like or None
+        Write one record per file to this ``.jsonl`` or ``.csv`` file as
+        files finish. ``SendResult.records`` has the records either way.
+    commit : bool
+        After sending, ask the receiver to commit the stored instances
+        (Storage Commitment Push Model); those it does not commit count as
+        failed, with the reason.
+    commit_listen_port : int or None
+        Listen on this port for a commitment report sent on a new
+        association. None waits for it on the N-ACTION's association only.
+    commit_timeout : float
+        Seconds to wait for the commitment report. Default 60.
+    s3_endpoint_url : str or None
+        The S3 endpoint for ``s3://`` sources. None uses boto3's choice
+        (``AWS_ENDPOINT_URL_S3``, the profile, or AWS).
 
     Raises
     ------
@@ -119,6 +138,11 @@ class StoreScu:
         network_timeout: float | None = 60.0,
         start_method: str | None = None,
         journal: str | os.PathLike[str] | None = None,
+        report: str | os.PathLike[str] | None = None,
+        commit: bool = False,
+        commit_listen_port: int | None = None,
+        commit_timeout: float = 60.0,
+        s3_endpoint_url: str | None = None,
     ) -> None:
         if transfer_syntax is not None:
             from transcode.syntaxes import resolve_transfer_syntax
@@ -164,6 +188,14 @@ class StoreScu:
         )
         self.retries = retries
         self.journal_path = os.fspath(journal) if journal is not None else None
+        if report is not None:
+            report_format(report)
+        self.report_path = report
+        self.commit = bool(commit)
+        self.commit_listen_port = validate_listen_port("commit_listen_port",
+                                                       commit_listen_port)
+        self.commit_timeout = validate_timeout("commit_timeout", commit_timeout) or 60.0
+        self.s3_settings = S3Settings(endpoint_url=s3_endpoint_url)
         self._sources: list[Source] = []
         self._skipped: list[SkippedFile] = []
         self._seen_paths: set[str] = set()
@@ -182,6 +214,9 @@ class StoreScu:
         """
         if self._already_queued(path):
             return
+        if is_s3_url(path):
+            self._keep(s3_source(str(path), self.s3_settings))
+            return
         self._keep(source_from_path(path))
 
     def add_directory(self, path: str | os.PathLike[str]) -> None:
@@ -196,6 +231,12 @@ class StoreScu:
             If ``path`` does not exist or is not a directory.
         """
         real_folders: dict[str, str] = {}
+        if is_s3_url(path):
+            for item in s3_sources(str(path), self.s3_settings):
+                if isinstance(item, Source) and self._already_queued(item.name):
+                    continue
+                self._keep(item)
+            return
         for found in sources_from_directory(path):
             if isinstance(found, Source) and self._already_queued(
                     found.name, _real_path_in_walk(found.name, real_folders)):
@@ -225,7 +266,8 @@ class StoreScu:
     def _already_queued(
         self, path: str | os.PathLike[str], real_path: str | None = None
     ) -> bool:
-        key = real_path or os.path.realpath(os.fspath(path))
+        name = os.fspath(path)
+        key = real_path or (name if is_s3_url(name) else os.path.realpath(name))
         if key in self._seen_paths:
             logger.info("'%s' is already queued; it is sent once", os.fspath(path))
             return True
@@ -271,6 +313,8 @@ class StoreScu:
             on_transfer_completed=on_transfer_completed,
         )
         journal = Journal(self.journal_path) if self.journal_path else None
+        report = Report(self.report_path,
+                        keep_records=self.report_path is not None or self.commit)
         try:
             sources = self._sources
             already_stored = 0
@@ -290,9 +334,18 @@ class StoreScu:
                     retries=self.retries,
                     journal=journal,
                     already_stored=already_stored,
+                    report=report,
                 )
-                return coordinator.run()
+                result = coordinator.run()
+                if self.commit and not result.interrupted:
+                    from engine.commitment import commit_stored_files
+
+                    result = commit_stored_files(
+                        result, report, self.options, self.commit_listen_port,
+                        self.commit_timeout)
+            return dataclasses.replace(result, records=tuple(report.records))
         finally:
+            report.close()
             if journal is not None:
                 journal.close()
 

@@ -22,7 +22,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.association import Association, ContextRequest, FileSlice
@@ -223,6 +223,9 @@ class Sender:
         # SOP classes for which a context of LOSSLESS_FALLBACKS was proposed.
         self.lossless_proposed: set[str] = set()
         self.gave_up: AssociationError | None = None
+        # Of the file being sent, for its report record.
+        self.attempts = 0
+        self.bytes_sent: int | None = None
 
     # Association life cycle
 
@@ -310,6 +313,7 @@ class Sender:
         association could be opened for the file; the caller hands it back.
         """
         started = time.perf_counter()
+        self.attempts, self.bytes_sent = 0, None
         if self.settings.report_sending:
             self.emit(FileSending(item.job_id, item.sop_instance_uid,
                                   item.sop_class_uid))
@@ -321,6 +325,12 @@ class Sender:
                 _remove_quietly(item.path)
         if outcome is None:
             return False
+        if isinstance(outcome, FileStored):
+            outcome = replace(outcome, attempts=self.attempts,
+                              bytes_sent=self.bytes_sent)
+        else:
+            outcome = replace(outcome, attempts=self.attempts,
+                              duration_seconds=time.perf_counter() - started)
         self.emit(outcome)
         return True
 
@@ -340,6 +350,7 @@ class Sender:
                 time.sleep(delay)
 
             try:
+                self.attempts = attempt + 1
                 status, syntax = self._send_once(item)
             except AssociationRejectedError as exc:
                 self._drop_association()
@@ -377,6 +388,7 @@ class Sender:
                 item,
                 f"The receiver did not store '{item.name}': {problem}, "
                 f"{_attempts_text(attempts)}",
+                problem.status,
             )
         return self.failed(
             item,
@@ -403,6 +415,7 @@ class Sender:
         context_id, syntax, payload = self._choose_context(item)
         association = self.association
         assert association is not None
+        self.bytes_sent = len(payload) if isinstance(payload, bytes) else payload.length
         status = association.send_c_store(
             context_id, item.sop_class_uid, item.sop_instance_uid, payload
         )
@@ -423,9 +436,11 @@ class Sender:
         return self.failed(
             item,
             f"The receiver did not store '{item.name}': {status}",
+            status.status,
         )
 
-    def failed(self, item: ReadyFile, message: str) -> FileFailed:
+    def failed(self, item: ReadyFile, message: str,
+               status: int | None = None) -> FileFailed:
         """Log ``message`` and return the file's failure event."""
         logger.error("%s", message)
         return FileFailed(
@@ -434,6 +449,7 @@ class Sender:
             sop_instance_uid=item.sop_instance_uid,
             sop_class_uid=item.sop_class_uid,
             file_transfer_syntax=item.file_transfer_syntax,
+            status=status,
         )
 
     # Presentation contexts

@@ -91,7 +91,15 @@ def test_option_defaults() -> None:
     ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1"),
 ])
 def test_transfer_syntax_names(name: str, uid: str) -> None:
-    assert StoreScu("[::1]:104", transfer_syntax=name).options.transfer_syntax == uid
+    scu = StoreScu("[::1]:104", transfer_syntax=name, allow_lossy=True)
+    assert scu.options.transfer_syntax == uid
+
+
+def test_lossy_target_needs_allow_lossy() -> None:
+    with pytest.raises(ValueError, match=(
+            "Invalid transfer_syntax JPEGBaseline8Bit: it is lossy, so it needs "
+            r"allow_lossy=True \(--allow-lossy on the command line\)")):
+        StoreScu("127.0.0.1:104", transfer_syntax="JPEGBaseline")
 
 
 # Callbacks and results

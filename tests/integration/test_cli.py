@@ -63,9 +63,9 @@ def test_send_some_failed_exits_1(storescp: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--max-pdu", "100"], "Invalid max_pdu_length 100"),
-    (["--called-ae", "A" * 17], "Invalid called_ae_title"),
-    (["-j", "0"], "Invalid concurrency 0"),
+    (["--max-pdu", "100"], "Invalid --max-pdu 100"),
+    (["--called-ae", "A" * 17], "Invalid --called-ae"),
+    (["-j", "0"], "Invalid --concurrency 0"),
     (["--transfer-syntax", "Nope"], "Nope"),
 ])
 def test_send_usage_error_exits_2(args: list[str], message: str) -> None:

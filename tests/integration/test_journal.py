@@ -97,11 +97,8 @@ def test_journal_not_sqlite_is_rejected(tmp_path: Path) -> None:
     _make_batch(tmp_path / "in", 1)
     bogus = tmp_path / "journal.txt"
     bogus.write_text("not a database\n" * 100)
-    scu = StoreScu("127.0.0.1:11112", journal=bogus)
-    scu.add_directory(tmp_path / "in")
-
     with pytest.raises(ValueError, match="Invalid journal .*journal.txt"):
-        scu.send()
+        StoreScu("127.0.0.1:11112", journal=bogus)
 
 
 def test_kill_mid_batch_then_rerun_loses_nothing(tmp_path: Path) -> None:
