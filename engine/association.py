@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,6 +62,31 @@ class ContextRequest:
 
     abstract_syntax: str
     transfer_syntaxes: tuple[str, ...]
+
+
+def _start_tls(sock: socket.socket, context: ssl.SSLContext, host: str,
+               address: str, timeouts: Timeouts) -> ssl.SSLSocket:
+    """Run the TLS handshake on a connected socket; close it if that fails."""
+    server_hostname = host if context.check_hostname else None
+    try:
+        sock.settimeout(timeouts.connect)
+        secure = context.wrap_socket(sock, server_hostname=server_hostname)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise ConnectionFailedError(
+            f"Connection failed: could not establish association with {address} "
+            f"(TLS: the receiver's certificate was not accepted: "
+            f"{exc.verify_message}); check --tls-ca, or the receiver's certificate"
+        ) from exc
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise ConnectionFailedError(
+            f"Connection failed: could not establish association with {address} "
+            f"(TLS handshake failed: {exc}); check that the receiver speaks TLS "
+            "and accepts our certificate"
+        ) from exc
+    logger.info("TLS established with %s (%s)", address, secure.version())
+    return secure
 
 
 def format_address(host: str, port: int) -> str:
@@ -155,6 +181,7 @@ class Association:
         timeouts: Timeouts | None = None,
         implementation_class_uid: str = IMPLEMENTATION_CLASS_UID,
         implementation_version_name: str | None = IMPLEMENTATION_VERSION_NAME,
+        tls: ssl.SSLContext | None = None,
     ) -> Association:
         """Connect to a receiver and negotiate an association.
 
@@ -176,6 +203,9 @@ class Association:
             A-ASSOCIATE-AC, ``network`` every socket read and write.
         implementation_class_uid, implementation_version_name : str
             Sent in the user information item; the defaults identify dicomsend.
+        tls : ssl.SSLContext or None
+            Secure the connection with TLS (DICOM TLS) using this context;
+            the handshake is bounded by the connect timeout.
 
         Returns
         -------
@@ -232,6 +262,8 @@ class Association:
                 f"{address} ({exc.strerror or exc})"
             ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            sock = _start_tls(sock, tls, host, address, timeouts)
 
         try:
             accept = cls._negotiate(sock, address, request_pdu, timeouts)

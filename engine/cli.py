@@ -40,6 +40,7 @@ from engine.options import (
 from engine.result import SendResult
 from engine.s3 import S3Error, is_s3_url
 from engine.scu import StoreScu
+from engine.tls import validate_tls
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ CLI_OPTION_NAMES = {
     "retries": "--retries",
     "allow_lossy=True (--allow-lossy on the command line)": "--allow-lossy",
     "ae_title": "--ae-title",
+    "tls_ca_file": "--tls-ca",
+    "tls_cert_file": "--tls-cert",
+    "tls_key_file": "--tls-key",
     "allow_calling_ae": "--allow-calling-ae",
 }
 
@@ -92,6 +96,30 @@ def _usage_error(exc: Exception) -> click.UsageError:
         message = re.sub(rf"(?<![\w-]){re.escape(api_name)}(?![\w-])", cli_name,
                          message)
     return click.UsageError(message)
+
+
+def tls_options(command: Any) -> Any:
+    """Add the DICOM TLS options shared by send and echo."""
+    options = [
+        click.option("--tls", "tls", is_flag=True,
+                     help="Secure the associations with TLS (DICOM TLS)."),
+        click.option("--tls-ca", "tls_ca_file", default=None,
+                     type=click.Path(dir_okay=False),
+                     help="PEM certificates that may sign the receiver's "
+                          "(default: the system's). Implies --tls."),
+        click.option("--tls-cert", "tls_cert_file", default=None,
+                     type=click.Path(dir_okay=False),
+                     help="Our PEM certificate. Implies --tls."),
+        click.option("--tls-key", "tls_key_file", default=None,
+                     type=click.Path(dir_okay=False),
+                     help="The private key of --tls-cert, PEM, without a password."),
+        click.option("--tls-no-verify", "tls_no_verify", is_flag=True,
+                     help="Do not check the receiver's certificate (encrypts "
+                          "without authenticating the receiver)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -151,6 +179,7 @@ def main() -> None:
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @click.option("--verbose", "-v", count=True,
               help="Log the protocol conversation (-vv for every PDU).")
+@tls_options
 def send(
     addr: str,
     paths: Sequence[str],
@@ -173,6 +202,11 @@ def send(
     s3_endpoint: str | None,
     no_progress: bool,
     verbose: int,
+    tls: bool,
+    tls_ca_file: str | None,
+    tls_cert_file: str | None,
+    tls_key_file: str | None,
+    tls_no_verify: bool,
 ) -> None:
     """Send the DICOM files in PATHS (files or folders) to ADDR (host:port)."""
     configure_logging(verbose)
@@ -198,6 +232,11 @@ def send(
             commit_listen_port=commit_port,
             commit_timeout=commit_timeout,
             s3_endpoint_url=s3_endpoint,
+            tls=tls,
+            tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            tls_verify=not tls_no_verify,
         )
     except ValueError as exc:
         raise _usage_error(exc) from exc
@@ -315,8 +354,10 @@ class _Progress:
 @click.option("--timeout", default=30.0, show_default=True, type=float,
               help="Seconds to wait for the connection and each answer.")
 @click.option("--verbose", "-v", count=True)
+@tls_options
 def echo(addr: str, calling_ae: str, called_ae: str, timeout: float,
-         verbose: int) -> None:
+         verbose: int, tls: bool, tls_ca_file: str | None, tls_cert_file: str | None,
+         tls_key_file: str | None, tls_no_verify: bool) -> None:
     """Send a C-ECHO to ADDR to check the connection and AE titles."""
     from engine.echo import echo as send_echo
 
@@ -325,6 +366,8 @@ def echo(addr: str, calling_ae: str, called_ae: str, timeout: float,
         address = parse_address(addr)
         calling = validate_ae_title("calling_ae_title", calling_ae)
         called = validate_ae_title("called_ae_title", called_ae)
+        tls_settings = validate_tls(tls, tls_ca_file, tls_cert_file, tls_key_file,
+                                    not tls_no_verify)
     except ValueError as exc:
         raise _usage_error(exc) from exc
 
@@ -334,6 +377,7 @@ def echo(addr: str, calling_ae: str, called_ae: str, timeout: float,
             max_pdu_length=DEFAULT_MAX_PDU_LENGTH,
             timeouts=Timeouts(connect=timeout, acse=timeout, dimse=timeout,
                               network=timeout),
+            tls=tls_settings,
         )
     except AssociationError as exc:
         click.echo(f"Error: {exc}", err=True)

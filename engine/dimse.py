@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -135,7 +136,11 @@ class MessageChannel:
         self._receive_area = memoryview(bytearray(RECEIVE_LENGTH))
         # The SO_RCVTIMEO in force when the kernel bounds the waits.
         self._kernel_wait: float | None = _NOT_SET
-        self._kernel_timeouts = KERNEL_TIMEOUTS and self._use_kernel_timeouts(
+        # A TLS socket reports a kernel timeout as an SSL error, not as
+        # TimeoutError, so it keeps Python's own timeouts.
+        self._kernel_timeouts = (
+            KERNEL_TIMEOUTS and not isinstance(sock, ssl.SSLSocket)
+        ) and self._use_kernel_timeouts(
             sock, timeouts.network)
         self._timeouts = timeouts
         self._max_receive_length = max_receive_length
@@ -299,6 +304,11 @@ class MessageChannel:
         try:
             while index < count:
                 batch = buffers[index:index + MAX_BUFFERS_PER_SEND]
+                if isinstance(sock, ssl.SSLSocket):
+                    # SSL sockets have no sendmsg; sendall sends all or raises.
+                    sock.sendall(b"".join(batch))
+                    index += len(batch)
+                    continue
                 sent = sock.sendmsg(batch)
                 # Skip the buffers sent in full and trim a partly sent one.
                 for buffer in batch:

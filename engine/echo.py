@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from engine.association import Association, ContextRequest
 from engine.options import Address, Timeouts
 from engine.statuses import describe_status
+from engine.tls import TlsSettings, build_context
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def echo(
     called_ae_title: str,
     max_pdu_length: int,
     timeouts: Timeouts,
+    tls: TlsSettings | None = None,
 ) -> EchoResult:
     """Open an association, send one C-ECHO-RQ and release.
 
@@ -52,6 +54,7 @@ def echo(
         contexts=[context],
         max_pdu_length=max_pdu_length,
         timeouts=timeouts,
+        tls=build_context(tls) if tls is not None else None,
     ) as association:
         started = time.perf_counter()
         status = association.send_c_echo()

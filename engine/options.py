@@ -11,6 +11,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from engine.tls import TlsSettings
+
 DEFAULT_PORT = 104
 DEFAULT_CALLING_AE_TITLE = "STORE-SCU"
 DEFAULT_CALLED_AE_TITLE = "ANY-SCP"
@@ -64,6 +66,7 @@ class SendOptions:
     verify: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     start_method: str | None = None
+    tls: TlsSettings | None = None
 
 
 def parse_address(addr: object) -> Address:

@@ -25,6 +25,7 @@ from engine.options import (
 from engine.commitment import validate_listen_port
 from engine.reports import Report, report_format
 from engine.result import SendResult
+from engine.tls import validate_tls
 from engine.s3 import S3Settings, is_s3_url, s3_source, s3_sources
 from engine.sources import (
     SkippedFile,
@@ -92,6 +93,15 @@ class StoreScu:
     start_method : str or None
         The multiprocessing start method: ``fork``, ``spawn`` or
         ``forkserver``. None uses the platform default.
+    tls : bool
+        Secure every association with TLS (DICOM TLS). Giving any of the
+        files below turns it on too.
+    tls_ca_file : str or path-like or None
+        PEM certificates that may sign the receiver's; default: the system's.
+    tls_cert_file, tls_key_file : str or path-like or None
+        Our PEM certificate and its private key (without a password).
+    tls_verify : bool
+        Check the receiver's certificate and host name. Default True.
     journal : str or path-like or None
         An SQLite file recording each file's outcome. A later ``send`` with
         the same journal leaves out the files it shows as stored, so a batch
@@ -138,6 +148,11 @@ class StoreScu:
         network_timeout: float | None = 60.0,
         start_method: str | None = None,
         journal: str | os.PathLike[str] | None = None,
+        tls: bool = False,
+        tls_ca_file: str | os.PathLike[str] | None = None,
+        tls_cert_file: str | os.PathLike[str] | None = None,
+        tls_key_file: str | os.PathLike[str] | None = None,
+        tls_verify: bool = True,
         report: str | os.PathLike[str] | None = None,
         commit: bool = False,
         commit_listen_port: int | None = None,
@@ -185,6 +200,8 @@ class StoreScu:
                 network=validate_timeout("network_timeout", network_timeout),
             ),
             start_method=start_method,
+            tls=validate_tls(tls, tls_ca_file, tls_cert_file, tls_key_file,
+                             tls_verify),
         )
         self.retries = retries
         self.journal_path = os.fspath(journal) if journal is not None else None

@@ -216,6 +216,7 @@ class Sender:
         self.settings = settings
         self.options = settings.options
         self.emit = emit
+        self._ssl_context: Any = None
         self.association: Association | None = None
         self.proposed: list[ContextRequest] = list(settings.contexts)
         self.refused_pairs: set[tuple[str, str]] = set()
@@ -240,8 +241,19 @@ class Sender:
             contexts=self.proposed,
             max_pdu_length=self.options.max_pdu_length,
             timeouts=self.options.timeouts,
+            tls=self._tls_context(),
         )
         self._learn_refusals(self.association)
+
+    def _tls_context(self) -> Any:
+        """Return this process's SSL context, built on first use; None without TLS."""
+        if self.options.tls is None:
+            return None
+        if self._ssl_context is None:
+            from engine.tls import build_context
+
+            self._ssl_context = build_context(self.options.tls)
+        return self._ssl_context
 
     def open_first_association(self) -> None:
         """Open the sender's first association, retrying a rejected-transient."""
