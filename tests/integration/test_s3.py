@@ -152,7 +152,8 @@ def test_send_corpus_from_s3(s3_server: S3Server, storescp: Any,
         local_scu.add_directory(corpus_dir)
         local_result, _ = send_corpus(local_scu)
     scu = StoreScu(f"127.0.0.1:{storescp.port}", concurrency=2, transcode_workers=1,
-                   s3_endpoint_url=s3_server.endpoint)
+                   s3_endpoint_url=s3_server.endpoint,
+                   report=tmp_path / "report.jsonl")
     scu.add_directory(f"s3://{BUCKET}/{CORPUS_PREFIX}")
 
     result, sent_names = send_corpus(scu)
@@ -209,11 +210,13 @@ def test_transcode_from_s3(s3_server: S3Server, storescp: Any) -> None:
         pydicom.uid.JPEG2000Lossless}
 
 
-def test_add_single_object(s3_server: S3Server, storescp: Any) -> None:
+def test_add_single_object(s3_server: S3Server, storescp: Any,
+                           tmp_path: Path) -> None:
     files: list[str] = []
     url = f"s3://{BUCKET}/{SMALL_PREFIX}CT_small.dcm"
     scu = StoreScu(f"127.0.0.1:{storescp.port}", transcode_workers=1,
-                   s3_endpoint_url=s3_server.endpoint)
+                   s3_endpoint_url=s3_server.endpoint,
+                   report=tmp_path / "report.jsonl")
     scu.add_file(url)
     scu.add_file(url)  # queued once
 
