@@ -4,7 +4,7 @@ Exit codes of ``send``:
 
 == =========================================================
 0  every file was stored (some may have had warning statuses)
-1  some files failed; the summary and the log say which
+1  some files failed; the summary and the log list them
 2  invalid command line or option
 3  no association: the receiver could not be reached, or rejected it
 4  interrupted (Ctrl-C) before every file had an outcome
@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from engine.dask_backend import DaskSchedulerError
 from engine.errors import (
     AssociationError,
     AssociationRejectedError,
@@ -86,6 +87,7 @@ CLI_OPTION_NAMES = {
     "tls_cert_file": "--tls-cert",
     "tls_key_file": "--tls-key",
     "allow_calling_ae": "--allow-calling-ae",
+    "scheduler": "--scheduler",
 }
 
 
@@ -176,6 +178,10 @@ def main() -> None:
 @click.option("--s3-endpoint", default=None,
               help="S3 endpoint URL for s3:// paths. Default: boto3's "
                    "(AWS_ENDPOINT_URL_S3, the profile, or AWS).")
+@click.option("--scheduler", default=None,
+              help="Re-encode on the dask.distributed cluster of this scheduler "
+                   "(tcp://HOST:PORT) instead of local processes; the "
+                   "associations stay on this machine.")
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @click.option("--verbose", "-v", count=True,
               help="Log the protocol conversation (-vv for every PDU).")
@@ -200,6 +206,7 @@ def send(
     commit_port: int | None,
     commit_timeout: float,
     s3_endpoint: str | None,
+    scheduler: str | None,
     no_progress: bool,
     verbose: int,
     tls: bool,
@@ -237,9 +244,13 @@ def send(
             tls_cert_file=tls_cert_file,
             tls_key_file=tls_key_file,
             tls_verify=not tls_no_verify,
+            scheduler=scheduler,
         )
     except ValueError as exc:
         raise _usage_error(exc) from exc
+    except ImportError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
     try:
         for path in paths:
@@ -280,6 +291,9 @@ def run_send(scu: StoreScu, show_progress: bool) -> int:
         click.echo(f"Error: {exc}", err=True)
         return EXIT_NO_ASSOCIATION
     except AssociationError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return EXIT_NO_ASSOCIATION
+    except DaskSchedulerError as exc:
         click.echo(f"Error: {exc}", err=True)
         return EXIT_NO_ASSOCIATION
     except KeyboardInterrupt:

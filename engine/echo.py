@@ -1,4 +1,4 @@
-"""C-ECHO: check that a receiver answers before sending it a batch."""
+"""C-ECHO: check that a receiver responds before sending it a batch."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """A resume journal: an SQLite file that records each file's outcome.
 
 Run the same batch again with the same journal after a crash, Ctrl-C or
-``kill -9``, and the files it records as stored are left out; everything
+``kill -9``, and the files it records as stored are left out. Everything
 else is sent. A file counts as the same file while its path, size and
 modification time are unchanged. Outcomes are committed in small groups,
-so a hard kill can lose the last few records; those files are sent again
-(a receiver keys objects by SOP Instance UID, so it keeps one copy).
+so a hard kill can lose the last few records. Those files are sent again,
+and a receiver keeps one copy because it keys objects by SOP Instance UID.
 Files added from memory have no path and are never journalled.
 """
 

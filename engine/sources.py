@@ -1,6 +1,6 @@
 """Collect the files of a batch: single paths, directory trees and bytes.
 
-Each file's header is read when it is added, so the batch knows its size
+Each file's header is read when it is added, so the batch has its size
 and the presentation contexts it needs before anything is sent, as DCMTK's
 storescu does. Files that are not DICOM are skipped when they were found
 while walking a directory, and fail with a clear error when the caller named

@@ -1,7 +1,7 @@
 """DICOM TLS (PS3.15 Annex B): settings and the SSL context built from them.
 
-The settings are plain paths, so they pickle into the sender processes;
-each process builds its own ``ssl.SSLContext`` from them, since a context
+The settings are plain paths, so they pickle into the sender processes.
+Each process builds its own ``ssl.SSLContext`` from them, because a context
 does not pickle.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 class TlsSettings:
     """How to secure each association with TLS.
 
-    ``ca_file`` holds the certificates that may sign the receiver's; None
+    ``ca_file`` contains the certificates that may sign the receiver's; None
     uses the system's. ``cert_file`` and ``key_file`` are our certificate and
     its private key (PEM), which most DICOM receivers require.
     ``verify_peer`` False skips checking the receiver's certificate and host
