@@ -2,9 +2,11 @@
 
 It starts the worker and sender processes, feeds the queues from a thread,
 reads every event on the caller's thread, calls the callbacks there, and
-keeps the tally. Each file gets exactly one outcome, whatever happens to the
-processes: a file left without one when the senders stop is reported as
-failed with the reason.
+keeps the tally. With a Dask scheduler, the files that need re-encoding go
+to the cluster instead of local worker processes (``engine.dask_backend``).
+Each file gets exactly one outcome, whatever happens to the processes: a
+file left without one when the senders stop is reported as failed with the
+reason.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from engine.sources import Source
 from engine.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 if TYPE_CHECKING:
+    from engine.dask_backend import DaskTranscoder
     from engine.journal import Journal
 
 logger = logging.getLogger(__name__)
@@ -185,6 +188,7 @@ class Coordinator:
         self.sender_failures: list[AssociationFailed] = []
         self.finished: Counter[str] = Counter()
         self.stop_feeding = threading.Event()
+        self.dask: DaskTranscoder | None = None
         self.feeding_completed = False
         self.interrupted = False
         # Failures found on the feeder thread, recorded on the caller's thread.
@@ -225,7 +229,8 @@ class Coordinator:
         context = multiprocessing.get_context(options.start_method)
         transcoding = any(needs_transcoding(s, options.transfer_syntax)
                           for _, s in sendable)
-        worker_count = options.transcode_workers if transcoding else 0
+        on_dask = transcoding and options.scheduler is not None
+        worker_count = options.transcode_workers if transcoding and not on_dask else 0
         spool_dir = self.spool_dir = tempfile.mkdtemp(prefix="dicomsend-spool-")
         log_level = child_log_level(options.verbose)
 
@@ -233,11 +238,18 @@ class Coordinator:
         ready_queue = context.Queue(maxsize=options.concurrency * 2 + 2)
         events_queue = context.Queue()
 
-        logger.info(
-            "Sending %d files to %s with %d association(s) and %d transcode "
-            "worker(s)", len(sendable), options.address, options.concurrency,
-            worker_count,
-        )
+        if on_dask:
+            logger.info(
+                "Sending %d files to %s with %d association(s), transcoding on "
+                "the Dask cluster at %s", len(sendable), options.address,
+                options.concurrency, options.scheduler,
+            )
+        else:
+            logger.info(
+                "Sending %d files to %s with %d association(s) and %d transcode "
+                "worker(s)", len(sendable), options.address, options.concurrency,
+                worker_count,
+            )
         sender_settings = SenderSettings(
             options=options,
             contexts=plan_contexts([s for _, s in sendable], options.transfer_syntax),
@@ -274,15 +286,20 @@ class Coordinator:
             ]
 
         _start_sharing_memory(senders + workers)
+        dask: DaskTranscoder | None = None
         feeder = threading.Thread(
             target=self._feed,
             args=(sendable, jobs_queue, ready_queue, worker_count, spool_dir),
             name="dicomsend-feeder",
             daemon=True,
         )
-        feeder.start()
 
         try:
+            if on_dask:
+                # Connected after the processes started, so that none of them
+                # is forked from a process running the Dask client's threads.
+                dask = self.dask = self._connect_dask(ready_queue, spool_dir)
+            feeder.start()
             self._collect_events(events_queue, senders, len(self.sources))
         except KeyboardInterrupt:
             self.interrupted = True
@@ -293,7 +310,7 @@ class Coordinator:
             _discard_queued(jobs_queue)
         finally:
             self._shut_down(feeder, senders, workers, jobs_queue, ready_queue,
-                            events_queue)
+                            events_queue, dask)
             shutil.rmtree(spool_dir, ignore_errors=True)
 
         self._fail_files_left_over(sendable, senders)
@@ -325,7 +342,10 @@ class Coordinator:
                 job = TranscodeJob(job_id, source.name, path, header.sop_class_uid,
                                    header.sop_instance_uid, header.transfer_syntax,
                                    str(target))
-                if not self._put(jobs_queue, [job]):
+                if self.dask is not None:
+                    if not self._submit_to_dask(job, source):
+                        return
+                elif not self._put(jobs_queue, [job]):
                     return
                 continue
 
@@ -383,6 +403,43 @@ class Coordinator:
             ))
             return None, False
         return spool_path, True
+
+    def _connect_dask(self, ready_queue: Any, spool_dir: str) -> DaskTranscoder:
+        """Connect to the scheduler; the collector thread feeds ``ready_queue``."""
+        from engine.dask_backend import DaskTranscoder, TaskSettings
+
+        options = self.options
+        assert options.scheduler is not None
+        dask = DaskTranscoder(
+            options.scheduler,
+            TaskSettings(str(options.transfer_syntax), options.allow_lossy,
+                         options.verify),
+            spool_dir,
+            self.stop_feeding,
+            deliver=lambda item: self._put(ready_queue, [item]),
+            fail=self._put_event_later,
+            connect_timeout=options.timeouts.connect,
+        )
+        dask.connect()
+        return dask
+
+    def _submit_to_dask(self, job: TranscodeJob, source: Source) -> bool:
+        """Read the file and start its task; False if the transfer stopped."""
+        assert self.dask is not None
+        if source.data is not None:
+            data = source.data
+        else:
+            try:
+                with open(job.path, "rb") as input_file:
+                    data = input_file.read()
+            except OSError as exc:
+                from engine.worker import read_failure
+
+                failure = read_failure(job, exc)
+                logger.error("%s", failure.error)
+                self._put_event_later(failure)
+                return True
+        return self.dask.submit(job, data)
 
     def _put(self, target_queue: Any, item: Any) -> bool:
         """Put ``item`` unless the transfer is stopping; False if it stopped."""
@@ -612,10 +669,14 @@ class Coordinator:
         jobs_queue: Any,
         ready_queue: Any,
         events_queue: Any,
+        dask: DaskTranscoder | None = None,
     ) -> None:
         """Stop feeding, tell every process to stop, and wait for them."""
         self.stop_feeding.set()
-        feeder.join()
+        if feeder.ident is not None:
+            feeder.join()
+        if dask is not None:
+            dask.close()
 
         for _ in senders:
             _put_nowait(ready_queue, None)

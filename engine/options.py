@@ -67,6 +67,8 @@ class SendOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     start_method: str | None = None
     tls: TlsSettings | None = None
+    # A Dask scheduler, as tcp://host:port, that runs the transcode stage.
+    scheduler: str | None = None
 
 
 def parse_address(addr: object) -> Address:

@@ -121,11 +121,19 @@ class StoreScu:
     s3_endpoint_url : str or None
         The S3 endpoint for ``s3://`` sources. None uses boto3's choice
         (``AWS_ENDPOINT_URL_S3``, the profile, or AWS).
+    scheduler : str or None
+        A ``dask.distributed`` scheduler, ``tcp://host:port``, whose workers
+        re-encode the files instead of ``transcode_workers`` local
+        processes. The senders stay in this machine's processes. The file
+        bytes travel with the tasks, so the workers need no access to the
+        files; they need dicomsend installed. See ``docs/dask.md``.
 
     Raises
     ------
     ValueError
         If an option is invalid; the message names the option and the value.
+    ImportError
+        If ``scheduler`` is given and ``dask.distributed`` is not installed.
     """
 
     def __init__(
@@ -158,6 +166,7 @@ class StoreScu:
         commit_listen_port: int | None = None,
         commit_timeout: float = 60.0,
         s3_endpoint_url: str | None = None,
+        scheduler: str | None = None,
     ) -> None:
         if transfer_syntax is not None:
             from transcode.syntaxes import resolve_transfer_syntax
@@ -178,6 +187,14 @@ class StoreScu:
             )
         if transfer_syntax is not None and not allow_lossy:
             _reject_lossy_target(transfer_syntax)
+        if scheduler is not None:
+            from engine.dask_backend import (
+                require_distributed,
+                validate_scheduler_address,
+            )
+
+            scheduler = validate_scheduler_address(scheduler)
+            require_distributed()
         if journal is not None:
             # Open it once now, so a bad path fails here and not mid-send.
             Journal(journal).close()
@@ -202,6 +219,7 @@ class StoreScu:
             start_method=start_method,
             tls=validate_tls(tls, tls_ca_file, tls_cert_file, tls_key_file,
                              tls_verify),
+            scheduler=scheduler,
         )
         self.retries = retries
         self.journal_path = os.fspath(journal) if journal is not None else None
@@ -321,6 +339,9 @@ class StoreScu:
         AssociationRejectedError
             If the receiver rejected every association; the message gives
             its reason.
+        DaskSchedulerError
+            If files need re-encoding, ``scheduler`` is set, and the scheduler
+            cannot be reached or has no workers; the message names its address.
         """
         callbacks = Callbacks(
             on_transfer_started=on_transfer_started,

@@ -2,11 +2,14 @@
 
 A worker owns a file from the moment it takes the job until it has put the
 re-encoded data set in the spool folder and the ready queue, or reported
-why it could not.
+why it could not. ``encode_job`` and ``spool_encoded`` are the two halves
+of that work. The Dask backend (``engine.dask_backend``) runs the first on
+a cluster and the second in the caller's process.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -63,28 +66,54 @@ def run_worker(
     events_queue.put(ProcessFinished("worker", worker_id))
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedDataset:
+    """A re-encoded data set as it goes on the wire, without file meta."""
+
+    job_id: int
+    data: bytes
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
 def transcode_job(
     job: TranscodeJob, transcoder: Transcoder, spool_dir: str
 ) -> ReadyFile | FileFailed:
     """Re-encode one file into the spool folder, or say why it failed."""
+    encoded = encode_job(job, transcoder, job.path)
+    if isinstance(encoded, FileFailed):
+        logger.error("%s", encoded.error)
+        return encoded
+    outcome = spool_encoded(job, encoded, spool_dir)
+    if isinstance(outcome, FileFailed):
+        logger.error("%s", outcome.error)
+    return outcome
+
+
+def encode_job(
+    job: TranscodeJob, transcoder: Transcoder, source: str | bytes
+) -> EncodedDataset | FileFailed:
+    """Re-encode the file at the path ``source``, or given as its bytes.
+
+    Every failure becomes a ``FileFailed`` whose message names the file and
+    the reason. Nothing is logged here, because the caller decides where
+    the message is logged.
+    """
     try:
-        dataset = pydicom.dcmread(job.path, force=True)
+        readable = io.BytesIO(source) if isinstance(source, bytes) else source
+        dataset = pydicom.dcmread(readable, force=True)
         _fill_missing_transfer_syntax(dataset, job.file_transfer_syntax)
         result = transcoder.transcode(dataset)
         data = result.dataset_bytes()
     except TranscodeError as exc:
-        return _failure(job, f"Unable to transcode '{job.name}': {exc}")
+        return failed_job(job, f"Unable to transcode '{job.name}': {exc}")
     except OSError as exc:
-        return _failure(
-            job,
-            f"Unable to read '{job.name}': {exc.strerror or exc}; check that the "
-            "file still exists and is readable",
-        )
+        return read_failure(job, exc)
     except Exception as exc:
         # pydicom and the codecs raise many exception types on damaged
         # input; whatever it is, it fails this file and the worker goes on.
         logger.debug("Transcoding '%s' failed", job.name, exc_info=True)
-        return _failure(
+        return failed_job(
             job,
             f"Unable to transcode '{job.name}' to "
             f"{pydicom.uid.UID(job.target_syntax).name}: the file could not be "
@@ -92,13 +121,35 @@ def transcode_job(
             "--transfer-syntax or repair the file",
         )
 
+    return EncodedDataset(
+        job_id=job.job_id,
+        data=data,
+        # A data set without (0008,0018) keeps the UID its file meta gave.
+        sop_instance_uid=str(result.sop_instance_uid or job.sop_instance_uid),
+        transfer_syntax=str(result.transfer_syntax),
+    )
+
+
+def read_failure(job: TranscodeJob, exc: OSError) -> FileFailed:
+    """Return the failure of a file that could not be read."""
+    return failed_job(
+        job,
+        f"Unable to read '{job.name}': {exc.strerror or exc}; check that the "
+        "file still exists and is readable",
+    )
+
+
+def spool_encoded(
+    job: TranscodeJob, encoded: EncodedDataset, spool_dir: str
+) -> ReadyFile | FileFailed:
+    """Write a re-encoded data set to the spool folder and describe it for a sender."""
     spool_path = os.path.join(spool_dir, f"{job.job_id}.transcoded")
     try:
         with open(spool_path, "wb") as spool_file:
-            spool_file.write(data)
+            spool_file.write(encoded.data)
     except OSError as exc:
         _remove_quietly(spool_path)
-        return _failure(
+        return failed_job(
             job,
             f"Unable to spool the transcoded '{job.name}' to '{spool_path}': "
             f"{exc.strerror or exc}; free disk space in the temporary folder",
@@ -108,19 +159,18 @@ def transcode_job(
         "Transcoded '%s' from %s to %s (%d bytes)",
         job.name,
         pydicom.uid.UID(job.file_transfer_syntax).name,
-        pydicom.uid.UID(result.transfer_syntax).name,
-        len(data),
+        pydicom.uid.UID(encoded.transfer_syntax).name,
+        len(encoded.data),
     )
     return ReadyFile(
         job_id=job.job_id,
         name=job.name,
         path=spool_path,
         offset=0,
-        length=len(data),
+        length=len(encoded.data),
         sop_class_uid=job.sop_class_uid,
-        # A data set without (0008,0018) keeps the UID its file meta gave.
-        sop_instance_uid=str(result.sop_instance_uid or job.sop_instance_uid),
-        transfer_syntax=str(result.transfer_syntax),
+        sop_instance_uid=encoded.sop_instance_uid,
+        transfer_syntax=encoded.transfer_syntax,
         file_transfer_syntax=job.file_transfer_syntax,
         spooled=True,
         source_path=job.path,
@@ -135,8 +185,7 @@ def _fill_missing_transfer_syntax(dataset: pydicom.Dataset, syntax: str) -> None
         dataset.file_meta.TransferSyntaxUID = syntax
 
 
-def _failure(job: TranscodeJob, message: str) -> FileFailed:
-    logger.error("%s", message)
+def failed_job(job: TranscodeJob, message: str) -> FileFailed:
     return FileFailed(
         job.job_id,
         message,
