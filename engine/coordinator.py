@@ -328,6 +328,10 @@ class Coordinator:
         target = self.options.transfer_syntax
         batch: list[ReadyFile] = []
         batch_bytes = 0
+        # Batches save queue work per file, but a short batch must still be
+        # spread over every sender: aim for at least four batches each.
+        batch_files = max(1, min(READY_BATCH_FILES,
+                                 len(sendable) // (4 * self.options.concurrency)))
 
         for job_id, source in sendable:
             if self.stop_feeding.is_set():
@@ -359,10 +363,11 @@ class Coordinator:
                 file_transfer_syntax=header.transfer_syntax,
                 spooled=spooled, source_path=path,
                 source_offset=header.dataset_offset, source_size=source.size,
+                needs_padding=bool(header.layout and header.layout.odd_length_tags),
             ))
             batch_bytes += length
             # A batch of S3 objects is one object, so few are downloaded ahead.
-            if (len(batch) >= READY_BATCH_FILES or batch_bytes >= READY_BATCH_BYTES
+            if (len(batch) >= batch_files or batch_bytes >= READY_BATCH_BYTES
                     or isinstance(source, S3Source)):
                 if not self._put(ready_queue, batch):
                     return
@@ -596,10 +601,10 @@ class Coordinator:
             return
 
         if self.interrupted:
-            reason = "the transfer was interrupted before it was sent"
+            reason = "the transfer was interrupted first"
         elif self.sender_failures:
-            reason = (f"the association with {self.options.address} was lost and "
-                      f"could not be re-established ({self.sender_failures[-1].message})")
+            reason = (f"every association with {self.options.address} was lost or "
+                      f"stopped answering ({self.sender_failures[-1].message})")
         else:
             codes = ", ".join(str(p.exitcode) for p in senders)
             reason = (f"the sender processes stopped unexpectedly (exit codes {codes})")

@@ -45,6 +45,7 @@ from engine.events import (
 )
 from engine.header import read_header
 from engine.jobs import ReadyFile
+from engine.lifetime import stop_with_parent
 from engine.logbridge import install_child_logging
 from engine.options import SendOptions
 from engine.statuses import StatusCategory, StoreStatus, is_transient_status
@@ -86,6 +87,8 @@ TRANSIENT_ERRORS = (
     AssociationTimeoutError,
     ConnectionFailedError,
 )
+# After this many files in a row without any answer, the sender stops.
+MAX_UNANSWERED_FILES = 3
 EVENT_FLUSH_COUNT = 64
 EVENT_FLUSH_SECONDS = 0.2
 # How long a sender that gives up waits for room in the ready queue to hand
@@ -118,6 +121,7 @@ def run_sender(
     # Ctrl-C reaches every process of the terminal; the coordinator decides
     # what stops, and this process finishes its file first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_with_parent()
     outbox = EventOutbox(events_queue)
     sender = Sender(settings, outbox.add)
 
@@ -138,6 +142,9 @@ def run_sender(
             for index, item in enumerate(batch):
                 if not sender.send_file(item):
                     unsent = batch[index:]
+                    break
+                if sender.gave_up is not None:
+                    unsent = batch[index + 1:]
                     break
             if sender.gave_up is not None:
                 outbox.flush()
@@ -224,6 +231,8 @@ class Sender:
         # SOP classes for which a context of LOSSLESS_FALLBACKS was proposed.
         self.lossless_proposed: set[str] = set()
         self.gave_up: AssociationError | None = None
+        # Files in a row whose every attempt timed out or was aborted.
+        self.unanswered_files = 0
         # Of the file being sent, for its report record.
         self.attempts = 0
         self.bytes_sent: int | None = None
@@ -385,6 +394,8 @@ class Sender:
             except _FileProblem as exc:
                 return self.failed(item, str(exc))
 
+            # The receiver answered, so it is alive, whatever the status.
+            self.unanswered_files = 0
             if not is_transient_status(status.status):
                 return self._outcome(item, status, syntax, started)
             problem = status
@@ -395,6 +406,16 @@ class Sender:
             # for the connect timeout once per file, and let others send it.
             self.gave_up = problem
             return None
+        if isinstance(problem, AssociationError):
+            self.unanswered_files += 1
+            if self.unanswered_files >= MAX_UNANSWERED_FILES:
+                # A receiver that times out or aborts on file after file would
+                # cost every remaining file its timeouts; this sender stops.
+                logger.error(
+                    "Giving up on %s: %d files in a row got no answer (%s)",
+                    self.options.address, self.unanswered_files, problem,
+                )
+                self.gave_up = problem
         if isinstance(problem, StoreStatus):
             return self.failed(
                 item,

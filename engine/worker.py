@@ -20,6 +20,7 @@ import pydicom
 
 from engine.events import FileFailed, ProcessFinished
 from engine.jobs import ReadyFile, TranscodeJob
+from engine.lifetime import stop_with_parent
 from engine.logbridge import install_child_logging
 from transcode.errors import TranscodeError
 from transcode.transcoder import Transcoder
@@ -48,6 +49,7 @@ def run_worker(
     # Ctrl-C reaches every process of the terminal; the coordinator decides
     # what stops, and this process finishes its file first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_with_parent()
     transcoder = Transcoder(
         settings.target_syntax, allow_lossy=settings.allow_lossy, verify=settings.verify
     )
