@@ -82,8 +82,9 @@ def _start_tls(sock: socket.socket, context: ssl.SSLContext, host: str,
         sock.close()
         raise ConnectionFailedError(
             f"Connection failed: could not establish association with {address} "
-            f"(TLS handshake failed: {exc}); check that the receiver speaks TLS "
-            "and accepts our certificate"
+            f"(TLS handshake failed: {exc}); check that the receiver speaks TLS, "
+            "and give our certificate and key (--tls-cert, --tls-key) if it "
+            "requires one"
         ) from exc
     logger.info("TLS established with %s (%s)", address, secure.version())
     return secure

@@ -83,6 +83,10 @@ CLI_OPTION_NAMES = {
     "retries": "--retries",
     "allow_lossy=True (--allow-lossy on the command line)": "--allow-lossy",
     "ae_title": "--ae-title",
+    "commit_timeout": "--commit-timeout",
+    "commit_listen_port": "--commit-port",
+    "report": "--report",
+    "journal": "--journal",
     "tls_ca_file": "--tls-ca",
     "tls_cert_file": "--tls-cert",
     "tls_key_file": "--tls-key",
@@ -95,8 +99,11 @@ def _usage_error(exc: Exception) -> click.UsageError:
     """Turn an API ValueError into a usage error that names CLI options."""
     message = str(exc).replace(", or None to wait forever", "")
     for api_name, cli_name in CLI_OPTION_NAMES.items():
-        message = re.sub(rf"(?<![\w-]){re.escape(api_name)}(?![\w-])", cli_name,
-                         message)
+        # A plain word such as "report" is an option name only right after
+        # "Invalid"; names with an underscore are option names anywhere.
+        prefix = "" if "_" in api_name else "(?<=Invalid )"
+        message = re.sub(rf"{prefix}(?<![\w-]){re.escape(api_name)}(?![\w-])",
+                         cli_name, message)
     return click.UsageError(message)
 
 
@@ -437,13 +444,19 @@ def receive(port: int, host: str, ae_title: str, out_dir: str,
     except ValueError as exc:
         raise _usage_error(exc) from exc
 
-    os.makedirs(out_dir, exist_ok=True)
-    receiver = StorageReceiver(
-        out_dir, host=host, port=port, ae_title=ae_title,
-        allowed_calling_ae_titles=allowed,
-        require_called_ae_title=require_called_ae,
-    )
-    receiver.start()
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        receiver = StorageReceiver(
+            out_dir, host=host, port=port, ae_title=ae_title,
+            allowed_calling_ae_titles=allowed,
+            require_called_ae_title=require_called_ae,
+        )
+        receiver.start()
+    except OSError as exc:
+        click.echo(f"Error: unable to receive on {host}:{port} into '{out_dir}': "
+                   f"{exc.strerror or exc}; choose another --port or --out",
+                   err=True)
+        sys.exit(EXIT_USAGE)
     click.echo(f"Listening on {host}:{receiver.port} as {ae_title}, writing to "
                f"{os.path.abspath(out_dir)}", err=True)
     receiver.serve_forever()

@@ -13,7 +13,7 @@ Safety rules for the files:
   output directory. A request whose UID fails this check gets status
   ``0xC000`` and nothing is written.
 - An existing file is never overwritten: the second copy of an instance is
-  ``<uid>.1.dcm``, the third ``<uid>.2.dcm``, and so on.
+  ``<uid>_1.dcm``, the third ``<uid>_2.dcm``, and so on.
 - Each object is written to a temporary file in the output directory,
   flushed to disk with fsync and then linked under its final name, so a
   crash leaves no partial file under a final name.
@@ -77,7 +77,8 @@ DEFAULT_MAX_ASSOCIATIONS = 32
 # Digits and dots with no empty component, as PS3.5 section 9.1 requires.
 # Leading zeros in a component are accepted although PS3.5 forbids them, so
 # such non-conformant UIDs are still stored. They cannot change the path.
-_UID_PATTERN = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+# Components are "0" or digits without a leading zero (PS3.5 section 9.1).
+_UID_PATTERN = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 _MAX_UID_LENGTH = 64
 
 # Windows needs O_BINARY so that no newline is translated. It is 0 elsewhere.
@@ -425,8 +426,8 @@ class StorageReceiver:
     def _on_c_store(self, event: Event) -> Dataset | int:
         """Write one received object and return the C-STORE status."""
         request = cast(C_STORE, event.request)
-        sop_class_uid = str(request.AffectedSOPClassUID or "")
-        received_instance_uid = request.AffectedSOPInstanceUID
+        sop_class_uid = str(getattr(request, "AffectedSOPClassUID", "") or "")
+        received_instance_uid = getattr(request, "AffectedSOPInstanceUID", None)
         calling_ae_title = event.assoc.requestor.ae_title
         sop_class_name = _sop_class_name(sop_class_uid)
 
@@ -621,7 +622,8 @@ def _link_unique(temporary: Path, out_dir: Path, sop_instance_uid: str) -> Path:
     two steps leaves an empty file under the final name.
     """
     for copy in range(_MAX_COPIES):
-        suffix = ".dcm" if copy == 0 else f".{copy}.dcm"
+        # "_" cannot occur in a UID, so a copy never takes another UID's name.
+        suffix = ".dcm" if copy == 0 else f"_{copy}.dcm"
         target = out_dir / f"{sop_instance_uid}{suffix}"
         try:
             os.link(temporary, target)
@@ -652,9 +654,11 @@ def _structure_problem(dataset: Any, transfer_syntax: str,
         return None  # checking would mean inflating the whole stream
     data = dataset.getbuffer() if isinstance(dataset, BytesIO) else bytes(dataset)
     try:
-        check_dataset(data, transfer_syntax, f"SOP Instance {sop_instance_uid}")
+        check_dataset(data, transfer_syntax, sop_instance_uid)
     except InvalidDicomFileError as exc:
-        return str(exc)
+        # The check words its message for a sender's file; keep the reason.
+        reason = str(exc).split(" as ", 1)[-1]
+        return f"the data set is unusable: {reason}"
     finally:
         if isinstance(data, memoryview):
             data.release()

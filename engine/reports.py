@@ -301,6 +301,8 @@ def summary_table(records: Sequence[FileRecord]) -> Table:
     for record in final_records(records):
         if record.status is not None:
             status = f"0x{record.status:04X} {describe_status(record.status)[1]}"
+        elif not record.attempts:
+            status = "not sent"
         else:
             status = "no response"
         key = (record.outcome.value, status)

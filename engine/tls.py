@@ -39,7 +39,9 @@ def validate_tls(
     """Return the TLS settings, or None when TLS is off; raise ValueError if invalid."""
     paths = {"tls_ca_file": ca_file, "tls_cert_file": cert_file,
              "tls_key_file": key_file}
-    if not enabled and not any(paths.values()):
+    # Any TLS option turns TLS on; --tls-no-verify alone must not send in
+    # plain text while the user believes the link is encrypted.
+    if not enabled and not any(paths.values()) and verify_peer:
         return None
     for option, path in paths.items():
         if path is not None and not os.path.isfile(path):
@@ -77,9 +79,13 @@ def build_context(settings: TlsSettings) -> ssl.SSLContext:
         if settings.cert_file is not None:
             context.load_cert_chain(settings.cert_file, settings.key_file)
     except (ssl.SSLError, OSError) as exc:
+        hint = "give PEM files, the key without a password"
+        if settings.cert_file is not None and settings.key_file is None:
+            hint = ("if the private key is in a file of its own, give it with "
+                    "tls_key_file")
         raise ValueError(
             f"Invalid TLS certificate or key ({settings.cert_file or settings.ca_file}"
-            f"): {exc}; give PEM files, the key without a password"
+            f"): {exc}; {hint}"
         ) from exc
     if not settings.verify_peer:
         context.check_hostname = False

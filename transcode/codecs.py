@@ -128,7 +128,8 @@ class EncodedPixels:
 def _bits_reason(module: PixelModule, allocated: tuple[int, ...], low: int,
                  high: int) -> str | None:
     if module.bits_allocated not in allocated:
-        return f"Bits Allocated {module.bits_allocated} (needs {allocated})"
+        needed = " or ".join(str(bits) for bits in allocated)
+        return f"Bits Allocated {module.bits_allocated} (needs {needed})"
     if not low <= module.bits_stored <= high:
         return f"Bits Stored {module.bits_stored} (needs {low} to {high})"
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from engine import StoreScu
 
 start_storescp = load_receivers().start_storescp
 
-FILE_COUNT = 300
+FILE_COUNT = 600
 
 
 def _make_batch(folder: Path, count: int) -> dict[str, Path]:
@@ -36,6 +37,20 @@ def _make_batch(folder: Path, count: int) -> dict[str, Path]:
         template.save_as(path, enforce_file_format=True)
         written[uid] = path
     return written
+
+
+def _journalled(journal: Path) -> int:
+    """Return how many stored outcomes the journal has committed so far."""
+    if not journal.exists():
+        return 0
+    try:
+        with sqlite3.connect(journal, timeout=1) as connection:
+            row = connection.execute(
+                "SELECT COUNT(*) FROM outcomes WHERE status = 'stored'"
+            ).fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0])
 
 
 def _received_uids(out_dir: Path) -> list[str]:
@@ -116,7 +131,10 @@ def test_kill_mid_batch_then_rerun_loses_nothing(tmp_path: Path) -> None:
             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 60
-        while len(list(out_dir.iterdir())) < FILE_COUNT // 4:
+        # Kill once the receiver has a quarter of the files and the journal
+        # has committed some outcomes, which can lag behind under load.
+        while (len(list(out_dir.iterdir())) < FILE_COUNT // 4
+               or _journalled(journal) == 0):
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "storescp received too little"
             time.sleep(0.01)
