@@ -200,7 +200,7 @@ def test_cli_report_and_summary_table(storescp: Any, tmp_path: Path) -> None:
     table_rows = [line for line in completed.stdout.splitlines()
                   if "stored" in line or "failed" in line]
     assert any("0x0000 Success" in line and " 2 " in line for line in table_rows)
-    assert any("no response" in line and " 1 " in line for line in table_rows)
+    assert any("not sent" in line and " 1 " in line for line in table_rows)
     with report_path.open(newline="") as report_file:
         rows = list(csv.DictReader(report_file))
     assert sorted(row["outcome"] for row in rows) == ["failed", "stored", "stored"]
