@@ -557,6 +557,9 @@ def demo(transfer_syntax: str, out_dir: str | None, concurrency: int,
     from engine.demo import run_demo
 
     configure_logging(0)
+    # The summary lists each failed sample once; a log line per failure on
+    # top of that would bury the result of a first run.
+    logging.getLogger("engine").setLevel(logging.CRITICAL)
     try:
         code = run_demo(transfer_syntax, out_dir, concurrency, transcode_workers)
     except ValueError as exc:

@@ -65,6 +65,10 @@ def run_demo(
     from engine.cli import summary_line
 
     click.echo(summary_line(result))
+    if result.failures:
+        click.echo("pydicom's samples include deliberately damaged files and "
+                   "pixel formats the target syntax cannot hold; each was "
+                   "reported, not sent:")
     for failure in result.failures[:SHOWN_FAILURES]:
         click.echo(f"  not stored: {failure.error}")
     if len(result.failures) > SHOWN_FAILURES:
