@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import InvalidDicomFileError, NotDicomError
 from engine.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 
 # Explicit VR elements whose length field takes 4 bytes after 2 reserved ones.
 _SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL",

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.association import Association, ContextRequest
-from engine.header import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, PixelDataKind
+from engine.header import PixelDataKind
 from engine.options import (
     DEFAULT_CALLED_AE_TITLE,
     DEFAULT_CALLING_AE_TITLE,
@@ -39,19 +39,16 @@ from engine.sources import (
     source_from_path,
     sources_from_directory,
 )
+from engine.association import MAX_CONTEXTS
 from engine.uids import (
-    EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
+    NATIVE_SYNTAXES,
+    UNCOMPRESSED_FALLBACKS,
     uid_name,
 )
 
 logger = logging.getLogger(__name__)
 
-MAX_CONTEXTS = 128
-UNCOMPRESSED_FALLBACKS = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
-_NATIVE_SYNTAXES = {IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN,
-                    EXPLICIT_VR_BIG_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
 
 
 class PlanAction(enum.Enum):
@@ -257,7 +254,7 @@ def _group_key(source: Source, target: str | None) -> tuple[str, str, str]:
     wanted = target or header.transfer_syntax
     no_pixels = (header.layout is not None
                  and header.layout.pixel_data is PixelDataKind.NONE)
-    if no_pixels and wanted not in _NATIVE_SYNTAXES:
+    if no_pixels and wanted not in NATIVE_SYNTAXES:
         # The transcoder sends objects without pixel data in Explicit VR
         # Little Endian when the target is compressed.
         wanted = EXPLICIT_VR_LITTLE_ENDIAN
@@ -312,7 +309,7 @@ def _decide(
             refusal += ", and a lossily re-encoded file has no fallback"
             break
         action = (PlanAction.SEND_AS_IS if syntax == file_syntax
-                  else PlanAction.DECOMPRESS if file_syntax not in _NATIVE_SYNTAXES
+                  else PlanAction.DECOMPRESS if file_syntax not in NATIVE_SYNTAXES
                   else PlanAction.REENCODE)
         return group(action, syntax, refusal)
 

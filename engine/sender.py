@@ -49,26 +49,11 @@ from engine.lifetime import stop_with_parent
 from engine.logbridge import install_child_logging
 from engine.options import SendOptions
 from engine.statuses import StatusCategory, StoreStatus, is_transient_status
-from engine.uids import (
-    EXPLICIT_VR_BIG_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    uid_name,
-)
+from engine.association import MAX_CONTEXTS
+from engine.uids import NATIVE_SYNTAXES, UNCOMPRESSED_FALLBACKS, uid_name
 
 logger = logging.getLogger(__name__)
 
-MAX_CONTEXTS = 128
-UNCOMPRESSED_FALLBACKS = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-# Syntaxes whose pixel data is not compressed: a file in one of them that the
-# receiver refuses goes straight to Explicit or Implicit VR Little Endian.
-NATIVE_SYNTAXES = frozenset({
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_BIG_ENDIAN,
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-})
 # Lossless compressed syntaxes that the transcode package encodes, in the
 # order a refused compressed file tries them: JPEG-LS Lossless, JPEG 2000
 # Lossless, RLE Lossless, JPEG Lossless SV1, JPEG Lossless.
