@@ -163,7 +163,8 @@ def main() -> None:
               help="Decode each losslessly re-encoded file and compare its "
                    "pixels before sending.")
 @click.option("--retries", default=2, show_default=True, type=int,
-              help="Times a file is sent again after the association broke.")
+              help="Times a file is sent again after a transient failure: "
+                   "abort, timeout, reset, rejected-transient or 0xA7xx.")
 @click.option("--timeout", "dimse_timeout", default=60.0, show_default=True,
               type=float, help="Seconds to wait for each response.")
 @click.option("--connect-timeout", default=30.0, show_default=True, type=float,
