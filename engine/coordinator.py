@@ -592,7 +592,7 @@ class Coordinator:
     def _fail_files_left_over(
         self, sendable: list[tuple[int, Source]], senders: list[Any]
     ) -> None:
-        """Give every file without an outcome a failure that says why."""
+        """Give every file without an outcome a failure that states why."""
         self._take_late_events()
         if len(self.outcomes) == len(self.sources):
             return

@@ -72,7 +72,7 @@ TRANSIENT_ERRORS = (
     AssociationTimeoutError,
     ConnectionFailedError,
 )
-# After this many files in a row without any answer, the sender stops.
+# After this many files in a row without any response, the sender stops.
 MAX_UNANSWERED_FILES = 3
 EVENT_FLUSH_COUNT = 64
 EVENT_FLUSH_SECONDS = 0.2
@@ -379,7 +379,7 @@ class Sender:
             except _FileProblem as exc:
                 return self.failed(item, str(exc))
 
-            # The receiver answered, so it is alive, whatever the status.
+            # The receiver responded, so it is alive, whatever the status.
             self.unanswered_files = 0
             if not is_transient_status(status.status):
                 return self._outcome(item, status, syntax, started)
@@ -397,7 +397,7 @@ class Sender:
                 # A receiver that times out or aborts on file after file would
                 # cost every remaining file its timeouts; this sender stops.
                 logger.error(
-                    "Giving up on %s: %d files in a row got no answer (%s)",
+                    "Giving up on %s: %d files in a row got no response (%s)",
                     self.options.address, self.unanswered_files, problem,
                 )
                 self.gave_up = problem
