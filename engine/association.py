@@ -223,7 +223,7 @@ class Association:
             sends nothing within the ACSE timeout instead of an A-ASSOCIATE
             response.
         AssociationRejectedError
-            If the receiver answers with A-ASSOCIATE-RJ.
+            If the receiver responds with A-ASSOCIATE-RJ.
         ProtocolError
             If the answer is malformed; the connection is aborted.
         """
@@ -426,8 +426,8 @@ class Association:
             If a send blocks past the network timeout or the response does not
             arrive within the DIMSE timeout; the association is aborted.
         ProtocolError
-            If the response is malformed or answers another message; the
-            association is aborted.
+            If the response is malformed or belongs to another message. The
+            association is then aborted.
         """
         self._channel.check_alive()
         abstract = self._context_abstract.get(context_id)

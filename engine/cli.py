@@ -1,14 +1,14 @@
-"""The ``dicomsend`` command line: send, echo, receive and demo.
+"""The ``dicomsend`` command line: send, echo, plan, convert, receive and demo.
 
 Exit codes of ``send``:
 
-== =========================================================
+== ==============================================================================
 0  every file was stored (some may have had warning statuses)
 1  some files failed; the summary and the log list them
 2  invalid command line or option
-3  no association: the receiver could not be reached, or rejected it
+3  no association (receiver unreachable or rejecting), or --scheduler unreachable
 4  interrupted (Ctrl-C) before every file had an outcome
-== =========================================================
+== ==============================================================================
 """
 
 from __future__ import annotations

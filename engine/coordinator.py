@@ -718,7 +718,7 @@ def _start_sharing_memory(processes: list[Any]) -> None:
 
     A forked child shares the caller's pages until one is written. Python's
     cyclic garbage collector writes to the header of every object it scans,
-    so a collection in a child would copy every page that holds the batch's
+    so a collection in a child would copy every page that contains the batch's
     file list: memory that grows with the number of files, once per child.
     Objects frozen before the fork are never scanned, in the child or here,
     so they stay shared. A caller that uses ``gc.freeze`` itself is left

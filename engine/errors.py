@@ -32,11 +32,11 @@ class AssociationError(DicomSendError):
 
 
 class ConnectionFailedError(AssociationError):
-    """The receiver could not be reached, or did not answer the A-ASSOCIATE-RQ."""
+    """The receiver could not be reached, or sent no response to the A-ASSOCIATE-RQ."""
 
 
 class AssociationRejectedError(AssociationError):
-    """The receiver answered with A-ASSOCIATE-RJ.
+    """The receiver responded with A-ASSOCIATE-RJ.
 
     ``result``, ``source`` and ``reason`` are the numeric fields of the PDU
     (PS3.8 section 9.3.4); ``transient`` is True for result 2

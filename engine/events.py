@@ -1,8 +1,8 @@
 """Events: what the caller's callbacks receive, and what the processes send.
 
 The public ``Event`` is built in the caller's process. The other classes are
-the messages that worker and sender processes put on the events queue; they
-are frozen and slotted so they pickle small and cannot change on the way.
+the messages that worker and sender processes put on the events queue. They
+are frozen and slotted, so they pickle small and cannot change on the way.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class FileSending:
 
 @dataclass(frozen=True, slots=True)
 class FileStored:
-    """The receiver answered with a success or warning status."""
+    """The receiver responded with a success or warning status."""
 
     job_id: int
     sop_instance_uid: str

@@ -1,10 +1,11 @@
 """Re-encode a file inside a sender, for the few files that cannot go as they are.
 
-Two cases land here: the receiver refused the file's transfer syntax, so it
-goes in a fallback syntax (lossless compressed, Explicit or Implicit VR
-Little Endian), or the data set has an odd length, which the standard
-forbids on the wire (DCMTK's storescp aborts the association with "Odd
-Fragment Length"), so pydicom writes it again with its odd values padded.
+Two cases land here. In the first, the receiver rejected the file's transfer
+syntax, so it goes in a fallback syntax (lossless compressed, Explicit or
+Implicit VR Little Endian). In the second, the data set contains odd-length
+values, which the standard forbids on the wire (DCMTK's storescp aborts the
+association with "Odd Fragment Length"), so pydicom writes it again with
+each value padded.
 Both are rare, so they run in the sender instead of going back through the
 workers, and neither loses data: every fallback syntax is lossless.
 """
@@ -29,7 +30,7 @@ def reencode(item: ReadyFile, syntax: str, verify: bool = False) -> bytes:
     Parameters
     ----------
     item : ReadyFile
-        The file as the sender holds it.
+        The file as the sender has it.
     syntax : str
         The transfer syntax UID to encode into; never a lossy one.
     verify : bool

@@ -7,12 +7,11 @@ explicit VR little endian, and reading it here costs far less than building
 a pydicom dataset. Files without file meta fall back to pydicom.
 
 The header read also walks the data set's element headers (``check_dataset``)
-without decoding a value: it follows each element's length, descends into
-sequences and items of undefined length and into the fragments of
-encapsulated pixel data, and so finds a file truncated anywhere, the
-elements of odd length, and whether the object has pixel data. Values of
-defined length are skipped by seeking, so the walk reads a few kilobytes
-even of a file of gigabytes.
+without decoding a value. It follows each element's length and descends into
+sequences, items of undefined length and the fragments of encapsulated pixel
+data. So it finds a file truncated anywhere, the elements of odd length, and
+whether the object has pixel data. Values of defined length are skipped by
+seeking, so the walk reads a few kilobytes even of a file of gigabytes.
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ class PixelDataKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class DatasetLayout:
-    """What ``check_dataset`` found in the element headers of a data set.
+    """Findings of ``check_dataset`` in the element headers of a data set.
 
     Attributes
     ----------
@@ -102,10 +101,10 @@ class DatasetLayout:
 
 @dataclass(frozen=True, slots=True)
 class FileHeader:
-    """What a sender needs to know about one file before sending it.
+    """The facts a sender needs about one file before sending it.
 
-    ``layout`` is None when the data set was not walked: it is deflated, or
-    the caller asked for no check.
+    ``layout`` is None when the data set was not walked, because it is
+    deflated or the caller asked for no check.
     """
 
     sop_class_uid: str
@@ -399,7 +398,7 @@ _MAX_ODD_TAGS = 16
 _WALK_READ_SIZE = 65536
 _JUMP_READ_SIZE = 4096
 # The VR is read as an unsigned short in the file's byte order, which saves
-# creating a bytes object per element; the sets below hold both orders.
+# creating a bytes object per element. The sets below contain both orders.
 _EXPLICIT = {True: struct.Struct("<HHHH"), False: struct.Struct(">HHHH")}
 _IMPLICIT = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
 _LENGTH = {True: struct.Struct("<L"), False: struct.Struct(">L")}
@@ -549,7 +548,9 @@ class _Walk:
     def undefined_length(self, tag: int, vr_code: int, pos: int,
                          explicit: bool, little: bool, depth: int) -> int:
         """Walk the value of an element of undefined length; return where it ends."""
-        vr = vr_code.to_bytes(2, "little" if little else "big") if explicit else b""
+        vr = b""
+        if explicit:
+            vr = vr_code.to_bytes(2, "little" if little else "big")
         if depth >= _MAX_DEPTH:
             raise self.invalid(f"sequences nest deeper than {_MAX_DEPTH} levels",
                                pos)

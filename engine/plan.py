@@ -3,10 +3,10 @@
 The files' headers are read as ``send`` reads them. One association (more
 when over 128 presentation contexts) proposes every (SOP class, transfer
 syntax) pair the batch needs, plus Explicit and Implicit VR Little Endian
-for each SOP class, and is released at once. The receiver's answers decide,
-per group of files with the same SOP class, file syntax and target syntax,
-whether the files go as they are, re-encoded, decompressed because the
-receiver refused their syntax, or not at all.
+for each SOP class, and is released at once. The contexts the receiver
+accepts decide, per group of files with the same SOP class, file syntax and
+target syntax, whether the files go as they are, re-encoded, decompressed
+because the receiver rejected their syntax, or not at all.
 
 The plan reads no pixel data, so a file whose pixels cannot be decoded or
 encoded in the target syntax shows as re-encoded here and fails in ``send``
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 
 class PlanAction(enum.Enum):
-    """What ``send`` would do with a group of files."""
+    """The action ``send`` would take with a group of files."""
 
     SEND_AS_IS = "sent as is"
     REENCODE = "re-encoded"
@@ -97,8 +97,8 @@ class TransferPlan:
     """The outcome of ``plan_transfer``.
 
     ``failed`` lists the files whose header could not be read, each with the
-    error ``send`` would report; ``skipped`` the files a directory walk left
-    out (not DICOM, DICOMDIR).
+    error ``send`` would report. ``skipped`` lists the files a directory walk
+    left out (not DICOM, DICOMDIR).
     """
 
     address: str
@@ -264,7 +264,7 @@ def _group_key(source: Source, target: str | None) -> tuple[str, str, str]:
 def _context_requests(
     grouped: dict[tuple[str, str, str], list[str]],
 ) -> list[ContextRequest]:
-    """One context per needed pair, most files first, then the fallbacks."""
+    """Build one context per needed pair, most files first, then the fallbacks."""
     counts: dict[tuple[str, str], int] = {}
     for (sop_class, _, wanted), files in grouped.items():
         counts[(sop_class, wanted)] = counts.get((sop_class, wanted), 0) + len(files)

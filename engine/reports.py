@@ -289,8 +289,8 @@ def summary_table(records: Sequence[FileRecord]) -> Table:
     """Build a rich table of the final outcomes, one row per outcome and status.
 
     Each row gives the number of files, their total size and the sum of
-    their send times (from the first C-STORE attempt to the response, so
-    parallel associations overlap); rows of failures show the first reason.
+    their send times, from the first C-STORE attempt to the response, so
+    parallel associations overlap. Rows of failures show the first reason.
     """
     from rich.table import Table
 

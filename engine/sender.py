@@ -547,8 +547,8 @@ class Sender:
         """Return the lossless compressed syntaxes accepted for ``sop_class``.
 
         When none was accepted and none proposed yet, one context offering all
-        of LOSSLESS_FALLBACKS is proposed on a new association; the receiver
-        picks the one it prefers.
+        of LOSSLESS_FALLBACKS is proposed on a new association, and the
+        receiver picks the one it prefers.
         """
         accepted = self._lossless_in(sop_class)
         if accepted or sop_class in self.lossless_proposed:

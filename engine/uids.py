@@ -22,7 +22,7 @@ NATIVE_SYNTAXES = frozenset({
     EXPLICIT_VR_BIG_ENDIAN,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
 })
-# What a file goes in when the receiver refuses its own syntax, in order.
+# Syntaxes a file falls back to, in order, when the receiver rejects its own.
 UNCOMPRESSED_FALLBACKS = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
 

@@ -75,6 +75,15 @@ def _port_accepts(host: str, port: int) -> bool:
         return False
 
 
+def _loopback_listener(backlog: int) -> socket.socket:
+    """Listen on a free 127.0.0.1 port; accept() wakes every 0.2 s to check for stop."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(backlog)
+    listener.settimeout(0.2)
+    return listener
+
+
 class RunningStoreScp:
     """A DCMTK storescp process listening on ``port``; ``stop()`` ends it."""
 
@@ -267,10 +276,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._sockets: list[socket.socket] = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind((LOOPBACK, 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.2)
+        self._listener = _loopback_listener(16)
         self.port = int(self._listener.getsockname()[1])
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,
                                         name="fault-proxy")
@@ -441,7 +447,7 @@ class FakeScp:
     It accepts every proposed presentation context with its first transfer
     syntax, reads each C-STORE-RQ and returns success (0x0000),
     unless the request's Affected SOP Instance UID is a key of ``faults``.
-    Then it does what the value says:
+    Then it acts as the value specifies:
 
     ``"unknown_pdu"``
         sends a PDU of type 0x0A, which does not exist;
@@ -470,10 +476,7 @@ class FakeScp:
         self.stored: list[str] = []
         self.errors: list[str] = []
         self._stopping = threading.Event()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind((LOOPBACK, 0))
-        self._listener.listen(8)
-        self._listener.settimeout(0.2)
+        self._listener = _loopback_listener(8)
         self.port = int(self._listener.getsockname()[1])
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name="fake-scp")

@@ -23,7 +23,7 @@ FILE_COUNT = 10
 
 
 class HungScp:
-    """A pynetdicom storage SCP that answers each C-STORE only after ``delay`` s."""
+    """A pynetdicom storage SCP that responds to each C-STORE only after ``delay`` s."""
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
@@ -107,9 +107,9 @@ def test_children_exit_when_caller_is_killed(hung_scp: HungScp, batch: Path) -> 
 
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    exited, alive = psutil.wait_procs(children, timeout=10)
 
     for child in alive:
         child.kill()
     assert alive == [], f"processes left running: {[c.pid for c in alive]}"
-    assert len(gone) == len(children)
+    assert len(exited) == len(children)
